@@ -1,0 +1,596 @@
+"""The mask-and-loss part of an interpretable conv layer, and the mask layer.
+
+`InterpretableMixin` holds everything both layers share: arguments and their
+validation, the non-trainable state, the XLA-compiled forward computation,
+`add_loss`, and the logged metric. `InterpretableMask` applies it to an
+existing feature map; `InterpretableConv2D` applies it after its own conv.
+"""
+
+import keras
+from keras import ops
+
+from keras_interp import losses
+from keras_interp import templates
+
+LOSSES = ("mutual_information", "authors", None)
+LOSS_WEIGHT_DECAYS = (None, "inverse_epoch")
+# Default loss weights (lambda), per filter, by loss variant. See the
+# `loss_weight` entry of the class docstrings for the evidence.
+DEFAULT_LOSS_WEIGHTS = {"mutual_information": 0.02, "authors": 1.0, None: 0.0}
+# Authors' `our_cnn_train.m`: the per-class activation EMA uses momentum 0.9.
+DEFAULT_ASSIGNMENT_MOMENTUM = 0.9
+# Authors' beta update (method.md §4.3): 0.016 of the gap per step before SGD
+# momentum 0.9, about 0.16 once momentum has built up; 0.1 sits between.
+DEFAULT_BETA_RATE = 0.1
+# Authors' `add_block_mask.m` initialises beta to 2.0 in [-1, 1] coordinates.
+AUTHORS_BETA_INIT = 2.0
+
+
+def _check_float(name, value, low=None, high=None, low_open=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        rule = []
+        if low is not None:
+            rule.append(f"{'>' if low_open else '>='} {low}")
+        if high is not None:
+            rule.append(f"<= {high}")
+        raise ValueError(
+            f"`{name}` must be a number {' and '.join(rule)}. "
+            f"Received: {name}={value!r}."
+        )
+    return float(value)
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {choices}. Received: {name}={value!r}."
+        )
+    return value
+
+
+def _code_to_paper_beta(height, width):
+    """Factor from the authors' [-1, 1]-coordinate beta to paper units."""
+    n = (height + width) / 2.0
+    return 2.0 * n / (n - 1.0) if n > 1.0 else 2.0
+
+
+def _labels_to_ids(labels, num_classes):
+    """Class ids `[batch]` from ids `[batch]`/`[batch, 1]` or one-hot."""
+    if (
+        len(labels.shape) == 2
+        and labels.shape[-1] == num_classes
+        and (num_classes > 1)
+    ):
+        return ops.cast(ops.argmax(labels, axis=-1), "int32")
+    if len(labels.shape) == 2 and labels.shape[-1] == 1:
+        labels = labels[:, 0]
+    if len(labels.shape) != 1:
+        raise ValueError(
+            "`labels` must be class ids of shape (batch,) or (batch, 1), or "
+            f"one-hot of shape (batch, {num_classes}). Received shape "
+            f"{tuple(labels.shape)}."
+        )
+    return ops.cast(labels, "int32")
+
+
+class InterpretableMixin:
+    """Shared implementation; see `InterpretableMask` for the arguments."""
+
+    def _init_interpretable(
+        self,
+        *,
+        loss,
+        loss_weight,
+        loss_weight_decay,
+        beta,
+        center,
+        tau,
+        alpha,
+        num_classes,
+        background_class,
+        assignment_momentum,
+        beta_rate,
+        mask_at_inference,
+        jit_compile,
+    ):
+        self.loss = _check_choice("loss", loss, LOSSES)
+        if loss_weight is None:
+            loss_weight = DEFAULT_LOSS_WEIGHTS[loss]
+        self.loss_weight = _check_float("loss_weight", loss_weight, low=0.0)
+        self.loss_weight_decay = _check_choice(
+            "loss_weight_decay", loss_weight_decay, LOSS_WEIGHT_DECAYS
+        )
+        if loss == "authors" and loss_weight_decay is not None:
+            raise ValueError(
+                "`loss='authors'` already scales its gradient by 1/epoch "
+                "(the authors' K_t = t / 0.1), so `loss_weight_decay` must be "
+                f"None. Received: loss_weight_decay={loss_weight_decay!r}."
+            )
+        if beta != "learned":
+            if isinstance(beta, (list, tuple)):
+                beta = [float(b) for b in beta]
+            templates.check_beta(beta)
+            if isinstance(beta, (int, float)):
+                beta = float(beta)
+        self.beta = beta
+        self.center = templates.check_center(center)
+        self.tau = (
+            None
+            if tau is None
+            else _check_float("tau", tau, low=0.0, low_open=True)
+        )
+        if alpha is not None:
+            alpha = _check_float("alpha", alpha, low=0.0, low_open=True)
+            if alpha >= 1.0:
+                raise ValueError(
+                    f"`alpha` must be in (0, 1). Received: alpha={alpha!r}."
+                )
+        self.alpha = alpha
+        if num_classes is not None and (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, int)
+            or num_classes < 1
+        ):
+            raise ValueError(
+                "`num_classes` must be a positive int (the number of label "
+                "classes passed at call time) or None. Received: "
+                f"num_classes={num_classes!r}."
+            )
+        self.num_classes = num_classes
+        if background_class is not None and (
+            num_classes is None
+            or not isinstance(background_class, int)
+            or not 0 <= background_class < num_classes
+        ):
+            raise ValueError(
+                "`background_class` must be a class id in [0, num_classes) "
+                "and needs `num_classes`. Received: background_class="
+                f"{background_class!r}, num_classes={num_classes!r}."
+            )
+        if background_class is not None and num_classes < 2:
+            raise ValueError(
+                "`background_class` needs at least one other class; set "
+                f"num_classes >= 2. Received: num_classes={num_classes}."
+            )
+        self.background_class = background_class
+        self.assignment_momentum = _check_float(
+            "assignment_momentum", assignment_momentum, low=0.0, high=1.0
+        )
+        self.beta_rate = _check_float("beta_rate", beta_rate, low=0.0, high=1.0)
+        self.mask_at_inference = bool(mask_at_inference)
+        self.jit_compile = bool(jit_compile)
+        self._forward_fn = None
+        self.filter_loss_tracker = None
+        if self.loss is not None and keras.backend.backend() != "jax":
+            # keras-team/keras#21639: metrics updated in `call` fail on JAX.
+            self.filter_loss_tracker = keras.metrics.Mean(
+                name=f"{self.name}_filter_loss"
+            )
+
+    def _interpretable_config(self):
+        return {
+            "loss": self.loss,
+            "loss_weight": self.loss_weight,
+            "loss_weight_decay": self.loss_weight_decay,
+            "beta": self.beta,
+            "center": self.center,
+            "tau": self.tau,
+            "alpha": self.alpha,
+            "num_classes": self.num_classes,
+            "background_class": self.background_class,
+            "assignment_momentum": self.assignment_momentum,
+            "beta_rate": self.beta_rate,
+            "mask_at_inference": self.mask_at_inference,
+            "jit_compile": self.jit_compile,
+        }
+
+    def _check_map_shape(self, shape, name="input_shape"):
+        shape = tuple(shape)
+        if len(shape) != 4:
+            raise ValueError(
+                f"{type(self).__name__} expects rank-4 inputs (batch, height, "
+                f"width, channels). Received {name} {shape} (rank "
+                f"{len(shape)})."
+            )
+        if self.data_format == "channels_first":
+            channels, height, width = shape[1], shape[2], shape[3]
+        else:
+            height, width, channels = shape[1], shape[2], shape[3]
+        if height is None or width is None:
+            raise ValueError(
+                f"{type(self).__name__} needs static spatial dimensions: the "
+                "part templates depend on the feature-map size. Received "
+                f"{name} {shape}. Give the model a fixed input size, e.g. "
+                "keras.Input((224, 224, 3))."
+            )
+        if channels is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a known channel dimension. "
+                f"Received {name} {shape}."
+            )
+        return height, width, channels
+
+    def _build_interpretable(self, height, width, channels):
+        self.map_shape = (height, width, channels)
+        self.beta_variable = None
+        if self.beta == "learned":
+            self.beta_variable = self.add_weight(
+                name="beta",
+                shape=(channels,),
+                initializer=keras.initializers.Constant(
+                    AUTHORS_BETA_INIT * _code_to_paper_beta(height, width)
+                ),
+                trainable=False,
+                aggregation="mean",
+            )
+        elif isinstance(self.beta, list) and len(self.beta) != channels:
+            raise ValueError(
+                f"`beta` has {len(self.beta)} values but the feature map has "
+                f"{channels} channels; give one value per channel or a "
+                "scalar."
+            )
+        self.class_activation = None
+        if self.num_classes is not None:
+            self.class_activation = self.add_weight(
+                name="class_activation",
+                shape=(self.num_classes, channels),
+                initializer="zeros",
+                trainable=False,
+                aggregation="mean",
+            )
+        self.epoch = self.add_weight(
+            name="epoch",
+            shape=(),
+            initializer=keras.initializers.Constant(1.0),
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        forward = self._forward
+        if self.jit_compile and keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            # Keras does not jit under tf.distribute or on CPU ("auto"), so
+            # the template, mask and loss math is compiled here explicitly.
+            forward = tf.function(forward, jit_compile=True, autograph=False)
+        self._forward_fn = forward
+
+    def _interpretable_variables(self):
+        variables = [self.beta_variable, self.class_activation, self.epoch]
+        return [v for v in variables if v is not None]
+
+    def filter_assignment(self):
+        """Class id each filter is assigned to, `[filters]` int32.
+
+        Filters are assigned to `argmax_c` of the moving average of their
+        mean activation on images of class `c` (paper Section 3.1); the
+        background class is never chosen. Filters with no statistics yet get
+        -1: they treat every non-background image as positive.
+        """
+        if self.class_activation is None:
+            raise ValueError(
+                "filter_assignment() needs `num_classes`; this layer was "
+                "built without it."
+            )
+        return self._assignment(ops.copy(self.class_activation))
+
+    def _assignment(self, class_activation):
+        stats = class_activation
+        if self.background_class is not None:
+            is_bg = ops.arange(self.num_classes) == self.background_class
+            stats = ops.where(is_bg[:, None], -1.0, stats)
+        assigned = ops.cast(ops.argmax(stats, axis=0), "int32")
+        seen = ops.max(stats, axis=0) > 0
+        return ops.where(seen, assigned, -1)
+
+    def _forward(self, x, beta, labels, class_activation, epoch, training):
+        """Mask, loss and state updates for channels-last post-ReLU maps."""
+        x32 = ops.cast(x, "float32")
+        out = {}
+        batch = ops.shape(x32)[0]
+        filters = self.map_shape[-1]
+        if training and self.loss is not None:
+            positives = ops.ones((batch, filters), "float32")
+            use_labels = labels is not None and self.num_classes is not None
+            if use_labels:
+                positives, new_stats = self._positives(
+                    x32, labels, class_activation
+                )
+                out["class_activation"] = new_stats
+            weight = self.loss_weight
+            if self.loss_weight_decay == "inverse_epoch":
+                weight = weight / epoch
+            out["loss"] = weight * self._filter_loss(
+                x32, beta, positives, use_labels, epoch
+            )
+            if self.beta_variable is not None:
+                target = losses.learned_beta_target(
+                    x32, positives, beta=beta, center=self.center
+                )
+                out["beta"] = beta + self.beta_rate * (target - beta)
+        if training or self.mask_at_inference:
+            mask = templates.part_mask(x32, beta=beta, center=self.center)
+            out["outputs"] = x * ops.cast(mask, x.dtype)
+        else:
+            out["outputs"] = x
+        return out
+
+    def _positives(self, x32, labels, class_activation):
+        """Per-image, per-filter category membership, and the new EMA."""
+        ids = _labels_to_ids(labels, self.num_classes)
+        one_hot = ops.one_hot(ids, self.num_classes, dtype="float32")  # [B,N]
+        activation = ops.mean(x32, axis=(1, 2))  # [B, C]; paper: mean sum x
+        counts = ops.sum(one_hot, axis=0)[:, None]
+        batch_mean = ops.divide_no_nan(
+            ops.matmul(ops.transpose(one_hot), activation), counts
+        )
+        m = self.assignment_momentum
+        blended = ops.where(
+            class_activation > 0,
+            m * class_activation + (1.0 - m) * batch_mean,
+            batch_mean,
+        )
+        new_stats = ops.where(counts > 0, blended, class_activation)
+        assigned = self._assignment(new_stats)  # [C]
+        foreground = ops.ones_like(ids, dtype="bool")
+        if self.background_class is not None:
+            foreground = ids != self.background_class
+        own = (ids[:, None] == assigned[None, :]) | (assigned[None, :] < 0)
+        positives = ops.cast(own & foreground[:, None], "float32")
+        return positives, new_stats
+
+    def _authors_class_weights(self):
+        """The authors' w+ = 0.5 / rho and w- = 0.5 / (1 - rho) (§4.4)."""
+        foreground = self.num_classes or 1
+        if self.background_class is not None:
+            foreground -= 1
+        if foreground <= 1:
+            return 1.0, 1.0
+        # The layer does not see dataset class frequencies; like the authors
+        # for more than 10 classes, it assumes rho = 1 / classes.
+        rho = 1.0 / foreground
+        return 0.5 / rho, 0.5 / (1.0 - rho)
+
+    def _filter_loss(self, x32, beta, positives, use_labels, epoch):
+        kwargs = {"beta": beta, "tau": self.tau, "alpha": self.alpha}
+
+        def exact(maps):
+            if use_labels:
+                return -losses.category_mutual_information(
+                    maps, positives, center=self.center, **kwargs
+                )
+            return -losses.mutual_information(maps, **kwargs)
+
+        if self.loss == "mutual_information":
+            return ops.sum(exact(x32))
+
+        w_pos, w_neg = self._authors_class_weights()
+
+        @ops.custom_gradient
+        def authors(maps):
+            value = ops.sum(exact(maps))
+            surrogate = losses.authors_filter_gradient(
+                maps,
+                positives,
+                beta=beta,
+                center=self.center,
+                epoch=epoch,
+                positive_weight=w_pos,
+                negative_weight=w_neg,
+            )
+            # The authors' term is for a batch-summed objective; Keras
+            # losses are batch means.
+            surrogate = surrogate / ops.cast(ops.shape(maps)[0], "float32")
+
+            def grad(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                return upstream * surrogate
+
+            return value, grad
+
+        return authors(x32)
+
+    def _interpret(self, x, labels=None, training=None):
+        """Runs the shared computation on post-ReLU maps `x`."""
+        channels_first = self.data_format == "channels_first"
+        if channels_first:
+            x = ops.transpose(x, (0, 2, 3, 1))
+        training = bool(training)
+        beta = self.beta
+        if self.beta_variable is not None:
+            beta = ops.copy(self.beta_variable)
+        elif isinstance(beta, list):
+            beta = ops.convert_to_tensor(beta, "float32")
+        class_activation = None
+        if self.class_activation is not None:
+            class_activation = ops.copy(self.class_activation)
+        if labels is not None:
+            if self.num_classes is None:
+                raise ValueError(
+                    f"Layer '{self.name}' received `labels` but was created "
+                    "without `num_classes`. Pass num_classes=<number of "
+                    "classes> (and background_class for negatives) to use "
+                    "the category-aware loss."
+                )
+            labels = ops.convert_to_tensor(labels)
+        epoch = ops.cast(ops.copy(self.epoch), "float32")
+        out = self._forward_fn(
+            x, beta, labels, class_activation, epoch, training
+        )
+        if "loss" in out:
+            self.add_loss(out["loss"])
+            if self.filter_loss_tracker is not None:
+                self.filter_loss_tracker.update_state(out["loss"])
+        if "class_activation" in out:
+            self.class_activation.assign(out["class_activation"])
+        if "beta" in out:
+            self.beta_variable.assign(out["beta"])
+        outputs = out["outputs"]
+        if channels_first:
+            outputs = ops.transpose(outputs, (0, 3, 1, 2))
+        return outputs
+
+
+@keras.saving.register_keras_serializable(package="keras_interp")
+class InterpretableMask(InterpretableMixin, keras.layers.Layer):
+    """Makes the filters of an existing feature map interpretable.
+
+    The layer rectifies its input, adds the filter loss of Zhang et al.
+    (CVPR 2018) through `add_loss` while training, and multiplies each
+    feature map by a mask that keeps its activations near its peak. It has
+    no kernel: it turns the filters of a backbone's top conv layer into part
+    detectors, as the paper does ("we modified all filters in the top
+    conv-layer"). `InterpretableConv2D` is the same computation behind its
+    own convolution.
+
+    For each filter and image, with `x` the post-ReLU `H x W` map:
+
+    1. the part location `mu` is the map's argmax (paper) or its
+       activation-weighted centroid (authors' code), `center`;
+    2. while training, the filter loss `-MI(X; T)` (Eq. 1) between the batch
+       of maps and the `H*W + 1` part templates is added, times
+       `loss_weight`; with `labels` it is category-aware: images of the
+       filter's category are scored against `T_mu`, others against `T-`
+       (Eq. 4, `category_mutual_information`);
+    3. the output is `x * max(1 - beta d(mu), 0)`, the template scaled to a
+       maximum of 1 and clipped at 0 (authors' code; the paper's literal
+       tau-scaled mask would shrink features ~400x). No gradient flows
+       through the mask.
+
+    The loss is computed in float32 under any mixed-precision policy, and
+    its value is logged by `model.fit` as `<layer name>_filter_loss` (not on
+    JAX, keras-team/keras#21639). On the TensorFlow backend the template,
+    mask and loss math runs in a `tf.function(jit_compile=True)`, so it is
+    XLA-compiled even where Keras does not jit the model (CPU, or any
+    `tf.distribute` strategy).
+
+    Args:
+        loss: `"mutual_information"` (default): the exact `-MI` of Eq. 1, or
+            its category-aware form with labels; `"authors"`: the same value,
+            but with the authors' surrogate gradient (`our_vl_simplenn.m`,
+            `authors_filter_gradient`) injected through a custom gradient;
+            `None`: mask only, no loss.
+        loss_weight: float `lambda` >= 0, applied to the sum of the per-filter
+            losses, so each filter's gradient is `lambda dLoss_f / dx` as in
+            Eq. 3. `None` (default) picks 0.02 for `"mutual_information"`:
+            a quick VGG-16 prototype (`experiments.md`) found `lambda = 10`
+            on the *mean* over 512 filters (0.0195 per filter) the best of
+            0.1 / 10 / 100, with 100 collapsing training; 0.02 is also the
+            value the authors' code stores as `lossWeight`. It picks 1.0 for
+            `"authors"`, whose gradient carries the authors' own
+            `1e-5 / (t / 0.1)` scale.
+        loss_weight_decay: `None` (default) or `"inverse_epoch"`: divide the
+            weight by the epoch `t` (paper: `lambda ∝ 1/t`). The epoch is
+            the layer's `epoch` variable, advanced by the
+            `keras_interp.FilterLossEpoch` callback.
+        beta: template slope, in paper units (`d` is normalised by the map
+            size). A float (default 4, the paper's value), a list with one
+            value per channel, or `"learned"`: the authors' rule, a
+            non-trainable per-filter beta started at their 2.0 (converted to
+            paper units) and moved toward `learned_beta_target` while
+            training.
+        center: `"argmax"` (default, paper) or `"centroid"` (authors' code).
+        tau: template scale for the loss; default `0.5 / (H * W)`.
+        alpha: prior mass of the positive templates; default
+            `H*W / (1 + H*W)`.
+        num_classes: number of label classes passed at call time; needed for
+            the category-aware loss. The layer keeps a moving average of each
+            filter's mean activation per class (the non-trainable
+            `class_activation` weight) and assigns each filter to its
+            argmax class (`filter_assignment()`).
+        background_class: optional class id whose images are negatives for
+            every filter and which no filter is assigned to, e.g. the
+            random images of the paper's single-category tasks.
+        assignment_momentum: momentum of the per-class activation average.
+            Default 0.9 (authors' code).
+        beta_rate: with `beta="learned"`, the fraction of the gap to the
+            target closed per training step. Default 0.1.
+        mask_at_inference: apply the mask outside training too (default
+            True, as in the authors' code).
+        jit_compile: XLA-compile the template, mask and loss math on the
+            TensorFlow backend (default True).
+        data_format: `"channels_last"` (default) or `"channels_first"`.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: rank-4 feature maps with static spatial dimensions.
+        labels: optional class ids `(batch,)` (or one-hot), for the
+            category-aware loss. Requires `num_classes`.
+        training: Python bool. The loss and the state updates happen only
+            when True.
+
+    Input shape:
+        `(batch, height, width, channels)`, or channels first.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+
+    >>> layer = keras_interp.InterpretableMask()
+    >>> x = np.random.default_rng(0).uniform(size=(4, 7, 7, 8))
+    >>> y = layer(x, training=True)
+    >>> tuple(y.shape), len(layer.losses)
+    ((4, 7, 7, 8), 1)
+    """
+
+    def __init__(
+        self,
+        loss="mutual_information",
+        loss_weight=None,
+        loss_weight_decay=None,
+        beta=templates.DEFAULT_BETA,
+        center="argmax",
+        tau=None,
+        alpha=None,
+        num_classes=None,
+        background_class=None,
+        assignment_momentum=DEFAULT_ASSIGNMENT_MOMENTUM,
+        beta_rate=DEFAULT_BETA_RATE,
+        mask_at_inference=True,
+        jit_compile=True,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if data_format is None:
+            data_format = keras.config.image_data_format()
+        self.data_format = _check_choice(
+            "data_format", data_format, ("channels_last", "channels_first")
+        )
+        self._init_interpretable(
+            loss=loss,
+            loss_weight=loss_weight,
+            loss_weight_decay=loss_weight_decay,
+            beta=beta,
+            center=center,
+            tau=tau,
+            alpha=alpha,
+            num_classes=num_classes,
+            background_class=background_class,
+            assignment_momentum=assignment_momentum,
+            beta_rate=beta_rate,
+            mask_at_inference=mask_at_inference,
+            jit_compile=jit_compile,
+        )
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        self._build_interpretable(*self._check_map_shape(input_shape))
+
+    def call(self, inputs, labels=None, training=None):
+        return self._interpret(ops.relu(inputs), labels, training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._interpretable_config())
+        config["data_format"] = self.data_format
+        return config

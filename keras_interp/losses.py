@@ -1,0 +1,333 @@
+"""The filter loss of Interpretable CNNs, in pure `keras.ops`.
+
+Paper: Zhang, Wu, Zhu, "Interpretable Convolutional Neural Networks",
+CVPR 2018, Section 3.1 (Eqs. 1-4). Authors' code: the backward pass of the
+`conv_mask` layer in `our_vl_simplenn.m` (see `../shared/docs/method.md`
+section 4).
+
+All functions take channels-last feature maps `[batch, height, width,
+filters]` taken after ReLU, compute in float32 whatever the input dtype, and
+return one value per filter. The batch plays the role of the paper's image
+set `X`.
+"""
+
+import math
+
+from keras import ops
+
+from keras_interp import templates as templates_lib
+
+# Authors' code (`our_vl_simplenn.m`): the temperature they call `alpha`.
+AUTHORS_TEMPERATURE = 0.5
+# Authors' code: the injected gradient is scaled by 1e-5 / K_t with
+# K_t = t / mag and mag = 0.1 (`code/tool/nets/*.m`).
+AUTHORS_GRADIENT_SCALE = 1e-5
+AUTHORS_MAG = 0.1
+# Authors' beta rule (section 4.3): beta* = clip(3 / sigma, 1.5, 3), in the
+# code's [-1, 1] coordinates.
+AUTHORS_BETA_NUMERATOR = 3.0
+AUTHORS_BETA_RANGE = (1.5, 3.0)
+
+
+def default_alpha(height: int, width: int) -> float:
+    """The paper's prior mass of the positive templates, n^2 / (1 + n^2)."""
+    return height * width / (1.0 + height * width)
+
+
+def _check_alpha(alpha):
+    if isinstance(alpha, (int, float)) and not 0.0 < alpha < 1.0:
+        raise ValueError(
+            "`alpha` (the total prior of the positive templates) must be in "
+            "(0, 1); the paper uses H*W / (1 + H*W). Received: "
+            f"alpha={alpha!r}."
+        )
+
+
+def _check_feature_maps(feature_maps, name="feature_maps"):
+    shape = tuple(feature_maps.shape)
+    if len(shape) != 4:
+        raise ValueError(
+            f"`{name}` must be a rank-4 tensor [batch, height, width, "
+            f"filters] (channels-last). Received shape {shape}."
+        )
+    if shape[1] is None or shape[2] is None:
+        raise ValueError(
+            f"`{name}` must have static spatial dimensions; the templates "
+            f"depend on them. Received shape {shape}."
+        )
+
+
+def template_log_likelihoods(feature_maps, *, beta=4.0, tau=None, alpha=None):
+    """Log-likelihoods of every feature map under every part template.
+
+    Computes, per filter, in log space:
+
+    * `log p(x|T) = tr(x . T) - log Z_T` with `tr(x . T) = sum_ij x_ij t_ij`
+      and `Z_T = sum_{x in X} exp(tr(x . T))` over the batch (paper Eq. 1);
+    * the priors `p(T_mu) = alpha / (H*W)`, `p(T-) = 1 - alpha`;
+    * `log p(x) = log sum_T p(T) p(x|T)`.
+
+    The template product is one GEMM of `[batch, H*W, filters]` against the
+    `[H*W + 1, H*W]` templates.
+
+    Returns:
+        A tuple `(log_lik, log_prior, log_px)` of shapes
+        `[batch, filters, H*W + 1]`, `[H*W + 1]` and `[batch, filters, 1]`.
+    """
+    _check_feature_maps(feature_maps)
+    _, height, width, filters = feature_maps.shape
+    n_cells = height * width
+    alpha = default_alpha(height, width) if alpha is None else alpha
+    _check_alpha(alpha)
+    x = ops.reshape(ops.cast(feature_maps, "float32"), (-1, n_cells, filters))
+    t = templates_lib.part_templates(height, width, beta=beta, tau=tau)
+    if len(t.shape) == 3:
+        t = ops.reshape(t, (n_cells + 1, n_cells))
+        logits = ops.einsum("bpc,kp->bck", x, t)
+    else:
+        t = ops.reshape(t, (filters, n_cells + 1, n_cells))
+        logits = ops.einsum("bpc,ckp->bck", x, t)
+    log_lik = logits - ops.logsumexp(logits, axis=0, keepdims=True)
+    log_prior = ops.concatenate(
+        [
+            ops.full((n_cells,), math.log(alpha / n_cells), "float32"),
+            ops.full((1,), math.log(1.0 - alpha), "float32"),
+        ]
+    )
+    log_px = ops.logsumexp(log_lik + log_prior, axis=-1, keepdims=True)
+    return log_lik, log_prior, log_px
+
+
+def mutual_information(feature_maps, *, beta=4.0, tau=None, alpha=None):
+    """Mutual information between feature maps and part templates (Eq. 1).
+
+    ```
+    MI(X; T) = sum_T p(T) sum_x p(x|T) log[p(x|T) / p(x)]
+    p(x|T) = exp(tr(x . T)) / Z_T,   Z_T = sum_{x in X} exp(tr(x . T))
+    p(x) = sum_T p(T) p(x|T),   p(T_mu) = alpha / (H*W),  p(T-) = 1 - alpha
+    ```
+
+    `X` is the batch: `p(x|T)` is normalised over the images of the batch,
+    so a batch of one gives 0. The filter loss is `-MI`. Everything is
+    computed with log-sum-exp in float32, so activations of 1e4 stay finite.
+
+    Args:
+        feature_maps: non-negative (post-ReLU) tensor
+            `[batch, height, width, filters]`.
+        beta: positive float or `[filters]` tensor, template slope. Default 4.
+        tau: positive float, template scale. Default `0.5 / (H * W)`.
+        alpha: float in (0, 1), total prior of the positive templates.
+            Default `H*W / (1 + H*W)`, which gives every template the prior
+            `1 / (1 + H*W)`.
+
+    Returns:
+        float32 tensor of shape `[filters]`.
+
+    Example:
+
+    >>> x = np.random.default_rng(0).uniform(size=(4, 3, 3, 2))
+    >>> tuple(keras_interp.mutual_information(x).shape)
+    (2,)
+    """
+    log_lik, log_prior, log_px = template_log_likelihoods(
+        feature_maps, beta=beta, tau=tau, alpha=alpha
+    )
+    prior = ops.exp(log_prior)
+    terms = ops.exp(log_lik) * (log_lik - log_px)  # [B, C, K]
+    return ops.sum(ops.sum(terms, axis=0) * prior, axis=-1)
+
+
+def chosen_templates(feature_maps, positives, *, center="argmax"):
+    """Index of each map's label-consistent template `T^` (paper Eq. 4).
+
+    `T^ = T_mu` (the positive template at the map's centre) for images of the
+    filter's category, and `T-` (index `H*W`) for the others.
+
+    Returns:
+        int32 tensor `[batch, filters]`.
+    """
+    _, _, width, _ = feature_maps.shape
+    n_cells = feature_maps.shape[1] * width
+    centers = templates_lib.part_centers(feature_maps, center=center)
+    index = centers[..., 0] * width + centers[..., 1]
+    return ops.where(
+        ops.cast(positives, "bool"), index, ops.full_like(index, n_cells)
+    )
+
+
+def category_mutual_information(
+    feature_maps, positives, *, beta=4.0, tau=None, alpha=None, center="argmax"
+):
+    """The label-consistent part of Eq. 1: the category-aware filter loss.
+
+    For filter `f`, each image keeps only the template the paper's Eq. 4
+    assigns to it: `T^ = T_mu^` (the positive template at the map's centre)
+    if the image belongs to the filter's category, `T-` otherwise:
+
+    ```
+    value_f = sum_x p(T^_x) p(x|T^_x) log[p(x|T^_x) / p(x)]
+    ```
+
+    with `p(x|T)`, `Z_T`, `p(T)` and `p(x)` exactly as in
+    `mutual_information`. Eq. 4 is the gradient of this sum with `Z_T` and
+    `p(x)` held constant (and its `+1` term dropped); here the exact gradient
+    is used. Maximising it makes a filter fire at one place on its own
+    category and stay silent on the others.
+
+    Args:
+        feature_maps: non-negative tensor `[batch, height, width, filters]`.
+        positives: bool or 0/1 tensor `[batch, filters]`, True where the image
+            belongs to the filter's category.
+        beta, tau, alpha: as in `mutual_information`.
+        center: `"argmax"` (paper) or `"centroid"` (authors' code).
+
+    Returns:
+        float32 tensor of shape `[filters]`.
+    """
+    log_lik, log_prior, log_px = template_log_likelihoods(
+        feature_maps, beta=beta, tau=tau, alpha=alpha
+    )
+    index = chosen_templates(feature_maps, positives, center=center)
+    chosen = ops.take_along_axis(log_lik, index[..., None], axis=-1)[..., 0]
+    prior = ops.take(ops.exp(log_prior), index)
+    terms = prior * ops.exp(chosen) * (chosen - log_px[..., 0])
+    return ops.sum(terms, axis=0)
+
+
+def _relative_weights(logits, factors, members):
+    """`g / mean_{members} g` with `g = exp(logits) * factors`, stably.
+
+    The common factor `exp(max logits)` cancels in the ratio, so it is
+    divided out first; non-members get 0, and an empty or zero-mean set
+    gives 0 (the authors replace NaN by 0).
+    """
+    neg_inf = ops.full_like(logits, -float("inf"))
+    shift = ops.max(ops.where(members > 0, logits, neg_inf), axis=0)
+    shift = ops.where(ops.isfinite(shift), shift, ops.zeros_like(shift))
+    safe = ops.where(members > 0, logits - shift, ops.zeros_like(logits))
+    g = ops.where(members > 0, ops.exp(safe) * factors, ops.zeros_like(logits))
+    mean = ops.divide_no_nan(ops.sum(g, axis=0), ops.sum(members, axis=0))
+    return ops.divide_no_nan(g, mean)
+
+
+def authors_filter_gradient(
+    feature_maps,
+    positives,
+    *,
+    beta=4.0,
+    center="centroid",
+    epoch=1.0,
+    positive_weight=1.0,
+    negative_weight=1.0,
+):
+    """The authors' surrogate gradient of the filter loss (method.md §4.2).
+
+    The authors' MatConvNet code never computes the filter loss; it adds
+    this hand-made, magnitude-normalised term to `dL/dx` in the backward pass
+    of `conv_mask`. With the temperature `a = 0.5`, `K = epoch / 0.1`, and
+    the unclipped mask `m = max(1 - beta d, -1)` around each map's centre:
+
+    ```
+    s[b,c]  = mean_ij x[b,i,j,c] m[b,i,j,c]
+    s'[b,c] = mean_ij x[b,i,j,c] m[B-1-b,i,j,C-1-c]   (mask reversed in b, c)
+    A+[c] = a log mean_b exp(s'[b,c] / a)
+    A-[c] = a log mean_b exp(-xbar[b,c] / a)          (xbar: spatial mean)
+    positive (b,c): g = exp(s/a) (s - A+ + a)
+                    G = -1e-5 w+ g / (mean_P g K) m
+    negative (b,c): g = exp(-xbar/a) (-xbar - A- + a)
+                    G = +1e-5 w- g / (mean_N g K)
+    ```
+
+    The means run over the filter's positive (P) or negative (N) images.
+    This is Eq. 4 with a temperature, the `-log p(x)` term replaced by the
+    `+1` of differentiating `p log p`, and the priors and `1/Z` dropped.
+
+    Args:
+        feature_maps: non-negative tensor `[batch, height, width, filters]`.
+        positives: bool or 0/1 tensor `[batch, filters]`.
+        beta: positive float or `[filters]` tensor. Default 4.
+        center: `"centroid"` (authors' code, the default here) or `"argmax"`.
+        epoch: the epoch index `t >= 1`.
+        positive_weight, negative_weight: floats or `[filters]` tensors, the
+            authors' class weights `w+`, `w-` (1 for single-category runs).
+
+    Returns:
+        float32 tensor `[batch, height, width, filters]`: the term the
+        authors add to the gradient of their batch-summed loss.
+    """
+    _check_feature_maps(feature_maps)
+    x = ops.stop_gradient(ops.cast(feature_maps, "float32"))
+    temp = AUTHORS_TEMPERATURE
+    centers = templates_lib.part_centers(x, center=center)
+    distances = templates_lib.center_distances(x, centers)
+    m = templates_lib.unit_templates(distances, beta=beta, floor=-1.0)
+    batch = ops.cast(ops.shape(x)[0], "float32")
+    s = ops.mean(x * m, axis=(1, 2))  # [B, C]
+    s_rev = ops.mean(x * ops.flip(ops.flip(m, axis=0), axis=3), axis=(1, 2))
+    a_pos = temp * (ops.logsumexp(s_rev / temp, axis=0) - ops.log(batch))
+    xbar = ops.mean(x, axis=(1, 2))
+    a_neg = temp * (ops.logsumexp(-xbar / temp, axis=0) - ops.log(batch))
+    pos = ops.cast(positives, "float32")
+    neg = 1.0 - pos
+    schedule = ops.cast(epoch, "float32") / AUTHORS_MAG
+    g_pos = _relative_weights(s / temp, s - a_pos + temp, pos) / schedule
+    g_neg = _relative_weights(-xbar / temp, -xbar - a_neg + temp, neg)
+    g_neg = g_neg / schedule
+    w_pos = ops.cast(positive_weight, "float32")
+    w_neg = ops.cast(negative_weight, "float32")
+    grad_pos = -AUTHORS_GRADIENT_SCALE * (w_pos * g_pos)[:, None, None, :] * m
+    grad_neg = AUTHORS_GRADIENT_SCALE * (w_neg * g_neg)[:, None, None, :]
+    return grad_pos + ops.broadcast_to(grad_neg, ops.shape(x))
+
+
+def learned_beta_target(feature_maps, positives, *, beta, center="centroid"):
+    """The authors' target for a learned beta (method.md §4.3), paper units.
+
+    Per filter: the activation spread `sigma` (in cells) around each map's
+    centre, averaged over the positive images with the fit
+    `s = mean(x m)` as weights, gives `beta*_code = clip(3 / sigma, 1.5, 3)`
+    in the code's `[-1, 1]` coordinates, converted to paper units with
+    `beta_paper = beta_code * 2 n / (n - 1)`, `n = (H + W) / 2`. Wider blobs
+    give a smaller beta, i.e. wider templates. Filters without positive
+    evidence (no positive image, or a non-positive total fit), and `1 x 1`
+    maps, keep their current `beta`.
+
+    Args:
+        feature_maps: non-negative tensor `[batch, height, width, filters]`.
+        positives: bool or 0/1 tensor `[batch, filters]`.
+        beta: the current beta, float or `[filters]` tensor (paper units).
+        center: `"centroid"` (authors' code) or `"argmax"`.
+
+    Returns:
+        float32 tensor `[filters]`.
+    """
+    _check_feature_maps(feature_maps)
+    x = ops.stop_gradient(ops.cast(feature_maps, "float32"))
+    _, height, width, filters = x.shape
+    current = ops.broadcast_to(ops.cast(beta, "float32"), (filters,))
+    n = (height + width) / 2.0
+    if n <= 1.0:
+        return current
+    centers = templates_lib.part_centers(x, center=center)
+    c = ops.cast(centers, "float32")
+    rows = ops.arange(height, dtype="float32")[None, :, None, None]
+    cols = ops.arange(width, dtype="float32")[None, None, :, None]
+    sq = (rows - c[:, None, None, :, 0]) ** 2 + (
+        cols - c[:, None, None, :, 1]
+    ) ** 2
+    mass = ops.maximum(ops.sum(x, axis=(1, 2)), templates_lib.CENTROID_EPSILON)
+    sigma = ops.sqrt(ops.sum(x * sq, axis=(1, 2)) / mass)  # [B, C]
+    distances = templates_lib.center_distances(x, centers)
+    m = templates_lib.unit_templates(distances, beta=current, floor=-1.0)
+    fit = ops.mean(x * m, axis=(1, 2)) * ops.cast(positives, "float32")
+    total = ops.sum(fit, axis=0)
+    mean_sigma = ops.divide_no_nan(ops.sum(fit * sigma, axis=0), total)
+    low, high = AUTHORS_BETA_RANGE
+    code_beta = ops.clip(
+        ops.divide_no_nan(AUTHORS_BETA_NUMERATOR, mean_sigma), low, high
+    )
+    # divide_no_nan maps sigma = 0 (a single hot cell) to 0; it means "as
+    # narrow as possible", so take the upper clamp.
+    code_beta = ops.where(mean_sigma > 0, code_beta, high)
+    target = code_beta * (2.0 * n / (n - 1.0))
+    return ops.where(total > 0, target, current)
