@@ -57,6 +57,41 @@ def _check_feature_maps(feature_maps, name="feature_maps"):
         )
 
 
+def _log_mean_exp(z, axis, weights=None):
+    """`log sum_i w_i exp(z_i)` (`w` sums to 1; the mean when None).
+
+    Near 0 it is computed as `log1p(sum w expm1(z))`, which keeps full
+    float32 precision for the small, nearly equal log-likelihoods of
+    similar images; elsewhere it is the usual shifted log-sum-exp.
+    """
+
+    def average(values):
+        if weights is None:
+            return ops.mean(values, axis=axis, keepdims=True)
+        return ops.sum(weights * values, axis=axis, keepdims=True)
+
+    near = ops.max(ops.abs(z), axis=axis, keepdims=True) <= 1.0
+    precise = ops.log1p(average(ops.expm1(ops.clip(z, -1.0, 1.0))))
+    shift = ops.stop_gradient(ops.max(z, axis=axis, keepdims=True))
+    robust = shift + ops.log(average(ops.exp(z - shift)))
+    return ops.where(near, precise, robust)
+
+
+def _kl_term(ratio_log):
+    """`phi(d) = e^d d - e^d + 1 >= 0`, exactly and without cancellation.
+
+    `sum_x p(x|T) log[p(x|T)/p(x)] = sum_x p(x) phi(d)` with
+    `d = log[p(x|T)/p(x)]`, because `sum_x p(x|T) = sum_x p(x) = 1`; every
+    term is non-negative, so float32 keeps relative precision even when the
+    MI is tiny. For small `|d|` the series `d^2/2 + d^3/3 + d^4/8 + d^5/30
+    + d^6/144` is used (truncation error below 1e-7 relative).
+    """
+    d = ops.clip(ratio_log, -0.1, 0.1)
+    series = d * d * (0.5 + d * (1 / 3 + d * (1 / 8 + d * (1 / 30 + d / 144))))
+    direct = ops.exp(ratio_log) * (ratio_log - 1.0) + 1.0
+    return ops.where(ops.abs(ratio_log) < 0.1, series, direct)
+
+
 def template_log_likelihoods(feature_maps, *, beta=4.0, tau=None, alpha=None):
     """Log-likelihoods of every feature map under every part template.
 
@@ -65,14 +100,17 @@ def template_log_likelihoods(feature_maps, *, beta=4.0, tau=None, alpha=None):
     * `log p(x|T) = tr(x . T) - log Z_T` with `tr(x . T) = sum_ij x_ij t_ij`
       and `Z_T = sum_{x in X} exp(tr(x . T))` over the batch (paper Eq. 1);
     * the priors `p(T_mu) = alpha / (H*W)`, `p(T-) = 1 - alpha`;
-    * `log p(x) = log sum_T p(T) p(x|T)`.
+    * `log p(x) = log sum_T p(T) p(x|T)`;
+    * `log[p(x|T) / p(x)]`, computed without the common `-log(batch)`
+      offset, so that it keeps float32 precision when images are similar.
 
     The template product is one GEMM of `[batch, H*W, filters]` against the
     `[H*W + 1, H*W]` templates.
 
     Returns:
-        A tuple `(log_lik, log_prior, log_px)` of shapes
-        `[batch, filters, H*W + 1]`, `[H*W + 1]` and `[batch, filters, 1]`.
+        A dict with `log_lik` `[batch, filters, H*W + 1]`, `log_prior`
+        `[H*W + 1]`, `log_px` `[batch, filters, 1]` and `log_ratio`
+        `[batch, filters, H*W + 1]`.
     """
     _check_feature_maps(feature_maps)
     _, height, width, filters = feature_maps.shape
@@ -87,15 +125,24 @@ def template_log_likelihoods(feature_maps, *, beta=4.0, tau=None, alpha=None):
     else:
         t = ops.reshape(t, (filters, n_cells + 1, n_cells))
         logits = ops.einsum("bpc,ckp->bck", x, t)
-    log_lik = logits - ops.logsumexp(logits, axis=0, keepdims=True)
     log_prior = ops.concatenate(
         [
             ops.full((n_cells,), math.log(alpha / n_cells), "float32"),
             ops.full((1,), math.log(1.0 - alpha), "float32"),
         ]
     )
-    log_px = ops.logsumexp(log_lik + log_prior, axis=-1, keepdims=True)
-    return log_lik, log_prior, log_px
+    # Work with log(batch * p(x|T)) and log(batch * p(x)): centring the
+    # logits over the batch makes both small for similar images.
+    centred = logits - ops.mean(logits, axis=0, keepdims=True)
+    scaled_lik = centred - _log_mean_exp(centred, axis=0)
+    scaled_px = _log_mean_exp(scaled_lik, axis=-1, weights=ops.exp(log_prior))
+    log_batch = ops.log(ops.cast(ops.shape(x)[0], "float32"))
+    return {
+        "log_lik": scaled_lik - log_batch,
+        "log_prior": log_prior,
+        "log_px": scaled_px - log_batch,
+        "log_ratio": scaled_lik - scaled_px,
+    }
 
 
 def mutual_information(feature_maps, *, beta=4.0, tau=None, alpha=None):
@@ -109,7 +156,10 @@ def mutual_information(feature_maps, *, beta=4.0, tau=None, alpha=None):
 
     `X` is the batch: `p(x|T)` is normalised over the images of the batch,
     so a batch of one gives 0. The filter loss is `-MI`. Everything is
-    computed with log-sum-exp in float32, so activations of 1e4 stay finite.
+    computed in log space in float32, as a sum of non-negative terms
+    `p(x) phi(log[p(x|T)/p(x)])` (see `_kl_term`), so the value keeps its
+    relative precision when it is tiny and stays finite for activations
+    of 1e4.
 
     Args:
         feature_maps: non-negative (post-ReLU) tensor
@@ -129,12 +179,11 @@ def mutual_information(feature_maps, *, beta=4.0, tau=None, alpha=None):
     >>> tuple(keras_interp.mutual_information(x).shape)
     (2,)
     """
-    log_lik, log_prior, log_px = template_log_likelihoods(
+    stats = template_log_likelihoods(
         feature_maps, beta=beta, tau=tau, alpha=alpha
     )
-    prior = ops.exp(log_prior)
-    terms = ops.exp(log_lik) * (log_lik - log_px)  # [B, C, K]
-    return ops.sum(ops.sum(terms, axis=0) * prior, axis=-1)
+    terms = ops.exp(stats["log_px"]) * _kl_term(stats["log_ratio"])
+    return ops.sum(ops.sum(terms, axis=0) * ops.exp(stats["log_prior"]), -1)
 
 
 def chosen_templates(feature_maps, positives, *, center="argmax"):
@@ -184,14 +233,14 @@ def category_mutual_information(
     Returns:
         float32 tensor of shape `[filters]`.
     """
-    log_lik, log_prior, log_px = template_log_likelihoods(
+    stats = template_log_likelihoods(
         feature_maps, beta=beta, tau=tau, alpha=alpha
     )
-    index = chosen_templates(feature_maps, positives, center=center)
-    chosen = ops.take_along_axis(log_lik, index[..., None], axis=-1)[..., 0]
-    prior = ops.take(ops.exp(log_prior), index)
-    terms = prior * ops.exp(chosen) * (chosen - log_px[..., 0])
-    return ops.sum(terms, axis=0)
+    index = chosen_templates(feature_maps, positives, center=center)[..., None]
+    log_lik = ops.take_along_axis(stats["log_lik"], index, axis=-1)
+    log_ratio = ops.take_along_axis(stats["log_ratio"], index, axis=-1)
+    prior = ops.take(ops.exp(stats["log_prior"]), index)
+    return ops.sum((prior * ops.exp(log_lik) * log_ratio)[..., 0], axis=0)
 
 
 def _relative_weights(logits, factors, members):
@@ -288,9 +337,10 @@ def learned_beta_target(feature_maps, positives, *, beta, center="centroid"):
     `s = mean(x m)` as weights, gives `beta*_code = clip(3 / sigma, 1.5, 3)`
     in the code's `[-1, 1]` coordinates, converted to paper units with
     `beta_paper = beta_code * 2 n / (n - 1)`, `n = (H + W) / 2`. Wider blobs
-    give a smaller beta, i.e. wider templates. Filters without positive
-    evidence (no positive image, or a non-positive total fit), and `1 x 1`
-    maps, keep their current `beta`.
+    give a smaller beta, i.e. wider templates. As in the authors' MATLAB
+    code, `sigma = 0` gives the upper clamp and a negative weighted mean (a
+    negative total fit) the lower one. Filters without any positive image,
+    and `1 x 1` maps, keep their current `beta`.
 
     Args:
         feature_maps: non-negative tensor `[batch, height, width, filters]`.
@@ -320,14 +370,19 @@ def learned_beta_target(feature_maps, positives, *, beta, center="centroid"):
     distances = templates_lib.center_distances(x, centers)
     m = templates_lib.unit_templates(distances, beta=current, floor=-1.0)
     fit = ops.mean(x * m, axis=(1, 2)) * ops.cast(positives, "float32")
-    total = ops.sum(fit, axis=0)
-    mean_sigma = ops.divide_no_nan(ops.sum(fit * sigma, axis=0), total)
-    low, high = AUTHORS_BETA_RANGE
-    code_beta = ops.clip(
-        ops.divide_no_nan(AUTHORS_BETA_NUMERATOR, mean_sigma), low, high
+    mean_sigma = ops.divide_no_nan(
+        ops.sum(fit * sigma, axis=0), ops.sum(fit, axis=0)
     )
-    # divide_no_nan maps sigma = 0 (a single hot cell) to 0; it means "as
-    # narrow as possible", so take the upper clamp.
-    code_beta = ops.where(mean_sigma > 0, code_beta, high)
+    low, high = AUTHORS_BETA_RANGE
+    # As in MATLAB, 3 / 0 = inf clamps to the top of the range and a
+    # negative ratio (a negative total fit) to the bottom.
+    code_beta = ops.where(
+        mean_sigma > 0,
+        ops.clip(
+            ops.divide_no_nan(AUTHORS_BETA_NUMERATOR, mean_sigma), low, high
+        ),
+        ops.where(mean_sigma < 0, low, high),
+    )
     target = code_beta * (2.0 * n / (n - 1.0))
-    return ops.where(total > 0, target, current)
+    has_positives = ops.sum(ops.cast(positives, "float32"), axis=0) > 0
+    return ops.where(has_positives, target, current)

@@ -148,6 +148,8 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
             mask_at_inference=mask_at_inference,
             jit_compile=jit_compile,
         )
+        # Checked in `build`, with a message that says how to fix it.
+        self.input_spec = None
 
     def build(self, input_shape):
         self._check_map_shape(input_shape)
@@ -155,6 +157,7 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
         map_shape = self._check_map_shape(output_shape, name="output shape")
         super().build(input_shape)
         self._build_interpretable(*map_shape)
+        self._lock_input_spec(input_shape)
 
     def call(self, inputs, labels=None, training=None):
         return self._interpret(super().call(inputs), labels, training)

@@ -215,6 +215,13 @@ class InterpretableMixin:
             )
         return height, width, channels
 
+    def _lock_input_spec(self, input_shape):
+        """After build, let Keras check later inputs (rank and channels)."""
+        axis = 1 if self.data_format == "channels_first" else -1
+        self.input_spec = keras.layers.InputSpec(
+            ndim=4, axes={axis: input_shape[axis]}
+        )
+
     def _build_interpretable(self, height, width, channels):
         self.map_shape = (height, width, channels)
         self.beta_variable = None
@@ -578,10 +585,10 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
             mask_at_inference=mask_at_inference,
             jit_compile=jit_compile,
         )
-        self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
         self._build_interpretable(*self._check_map_shape(input_shape))
+        self._lock_input_spec(input_shape)
 
     def call(self, inputs, labels=None, training=None):
         return self._interpret(ops.relu(inputs), labels, training)
