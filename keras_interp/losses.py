@@ -57,23 +57,58 @@ def _check_feature_maps(feature_maps, name="feature_maps"):
         )
 
 
-def _log_mean_exp(z, axis, weights=None):
-    """`log sum_i w_i exp(z_i)` (`w` sums to 1; the mean when None).
+class BatchReduction:
+    """Reductions over the batch axis, the paper's image set `X`.
 
-    Near 0 it is computed as `log1p(sum w expm1(z))`, which keeps full
+    The default reduces over the tensor's own batch. Under `tf.distribute`
+    with several replicas, `keras_interp.distribute.CrossReplicaReduction`
+    reduces over the global batch instead, so `Z_T` and `p(x)` are the
+    global-batch quantities. Every method keeps the batch axis (size 1).
+    """
+
+    def sum(self, x):
+        return ops.sum(x, axis=0, keepdims=True)
+
+    def max(self, x):
+        return ops.max(x, axis=0, keepdims=True)
+
+    def size(self, x):
+        return ops.cast(ops.shape(x)[0], "float32")
+
+
+LOCAL_BATCH = BatchReduction()
+
+
+def _log_mean_exp_over_batch(z, reduction):
+    """`log mean_x exp(z)` over the (possibly global) batch axis.
+
+    Near 0 it is computed as `log1p(mean expm1(z))`, which keeps full
     float32 precision for the small, nearly equal log-likelihoods of
     similar images; elsewhere it is the usual shifted log-sum-exp.
     """
+    size = reduction.size(z)
+    near = reduction.max(ops.abs(z)) <= 1.0
+    clipped = ops.clip(z, -1.0, 1.0)
+    precise = ops.log1p(reduction.sum(ops.expm1(clipped)) / size)
+    shift = ops.stop_gradient(reduction.max(z))
+    robust = shift + ops.log(reduction.sum(ops.exp(z - shift)) / size)
+    return ops.where(near, precise, robust)
 
-    def average(values):
-        if weights is None:
-            return ops.mean(values, axis=axis, keepdims=True)
-        return ops.sum(weights * values, axis=axis, keepdims=True)
 
-    near = ops.max(ops.abs(z), axis=axis, keepdims=True) <= 1.0
-    precise = ops.log1p(average(ops.expm1(ops.clip(z, -1.0, 1.0))))
-    shift = ops.stop_gradient(ops.max(z, axis=axis, keepdims=True))
-    robust = shift + ops.log(average(ops.exp(z - shift)))
+def _log_mix_exp(z, weights):
+    """`log sum_k w_k exp(z_k)` over the last axis, `w` summing to 1.
+
+    Precise near 0 like `_log_mean_exp_over_batch`.
+    """
+    near = ops.max(ops.abs(z), axis=-1, keepdims=True) <= 1.0
+    clipped = ops.clip(z, -1.0, 1.0)
+    precise = ops.log1p(
+        ops.sum(weights * ops.expm1(clipped), axis=-1, keepdims=True)
+    )
+    shift = ops.stop_gradient(ops.max(z, axis=-1, keepdims=True))
+    robust = shift + ops.log(
+        ops.sum(weights * ops.exp(z - shift), axis=-1, keepdims=True)
+    )
     return ops.where(near, precise, robust)
 
 
@@ -92,7 +127,9 @@ def _kl_term(ratio_log):
     return ops.where(ops.abs(ratio_log) < 0.1, series, direct)
 
 
-def template_log_likelihoods(feature_maps, *, beta=4.0, tau=None, alpha=None):
+def template_log_likelihoods(
+    feature_maps, *, beta=4.0, tau=None, alpha=None, reduction=None
+):
     """Log-likelihoods of every feature map under every part template.
 
     Computes, per filter, in log space:
@@ -105,7 +142,8 @@ def template_log_likelihoods(feature_maps, *, beta=4.0, tau=None, alpha=None):
       offset, so that it keeps float32 precision when images are similar.
 
     The template product is one GEMM of `[batch, H*W, filters]` against the
-    `[H*W + 1, H*W]` templates.
+    `[H*W + 1, H*W]` templates. `reduction` (a `BatchReduction`) says what
+    "the batch" is; the default is the tensor's own batch.
 
     Returns:
         A dict with `log_lik` `[batch, filters, H*W + 1]`, `log_prior`
@@ -133,10 +171,12 @@ def template_log_likelihoods(feature_maps, *, beta=4.0, tau=None, alpha=None):
     )
     # Work with log(batch * p(x|T)) and log(batch * p(x)): centring the
     # logits over the batch makes both small for similar images.
-    centred = logits - ops.mean(logits, axis=0, keepdims=True)
-    scaled_lik = centred - _log_mean_exp(centred, axis=0)
-    scaled_px = _log_mean_exp(scaled_lik, axis=-1, weights=ops.exp(log_prior))
-    log_batch = ops.log(ops.cast(ops.shape(x)[0], "float32"))
+    reduction = LOCAL_BATCH if reduction is None else reduction
+    size = reduction.size(logits)
+    centred = logits - reduction.sum(logits) / size
+    scaled_lik = centred - _log_mean_exp_over_batch(centred, reduction)
+    scaled_px = _log_mix_exp(scaled_lik, ops.exp(log_prior))
+    log_batch = ops.log(size)
     return {
         "log_lik": scaled_lik - log_batch,
         "log_prior": log_prior,
@@ -145,7 +185,9 @@ def template_log_likelihoods(feature_maps, *, beta=4.0, tau=None, alpha=None):
     }
 
 
-def mutual_information(feature_maps, *, beta=4.0, tau=None, alpha=None):
+def mutual_information(
+    feature_maps, *, beta=4.0, tau=None, alpha=None, reduction=None
+):
     """Mutual information between feature maps and part templates (Eq. 1).
 
     ```
@@ -169,6 +211,10 @@ def mutual_information(feature_maps, *, beta=4.0, tau=None, alpha=None):
         alpha: float in (0, 1), total prior of the positive templates.
             Default `H*W / (1 + H*W)`, which gives every template the prior
             `1 / (1 + H*W)`.
+        reduction: optional `BatchReduction`. With a cross-replica
+            reduction, `Z_T` and `p(x)` are global-batch quantities and the
+            result is this replica's share of the global MI (the shares sum
+            to it).
 
     Returns:
         float32 tensor of shape `[filters]`.
@@ -180,7 +226,7 @@ def mutual_information(feature_maps, *, beta=4.0, tau=None, alpha=None):
     (2,)
     """
     stats = template_log_likelihoods(
-        feature_maps, beta=beta, tau=tau, alpha=alpha
+        feature_maps, beta=beta, tau=tau, alpha=alpha, reduction=reduction
     )
     terms = ops.exp(stats["log_px"]) * _kl_term(stats["log_ratio"])
     return ops.sum(ops.sum(terms, axis=0) * ops.exp(stats["log_prior"]), -1)
@@ -205,7 +251,14 @@ def chosen_templates(feature_maps, positives, *, center="argmax"):
 
 
 def category_mutual_information(
-    feature_maps, positives, *, beta=4.0, tau=None, alpha=None, center="argmax"
+    feature_maps,
+    positives,
+    *,
+    beta=4.0,
+    tau=None,
+    alpha=None,
+    center="argmax",
+    reduction=None,
 ):
     """The label-consistent part of Eq. 1: the category-aware filter loss.
 
@@ -227,14 +280,14 @@ def category_mutual_information(
         feature_maps: non-negative tensor `[batch, height, width, filters]`.
         positives: bool or 0/1 tensor `[batch, filters]`, True where the image
             belongs to the filter's category.
-        beta, tau, alpha: as in `mutual_information`.
+        beta, tau, alpha, reduction: as in `mutual_information`.
         center: `"argmax"` (paper) or `"centroid"` (authors' code).
 
     Returns:
         float32 tensor of shape `[filters]`.
     """
     stats = template_log_likelihoods(
-        feature_maps, beta=beta, tau=tau, alpha=alpha
+        feature_maps, beta=beta, tau=tau, alpha=alpha, reduction=reduction
     )
     index = chosen_templates(feature_maps, positives, center=center)[..., None]
     log_lik = ops.take_along_axis(stats["log_lik"], index, axis=-1)
@@ -329,7 +382,9 @@ def authors_filter_gradient(
     return grad_pos + ops.broadcast_to(grad_neg, ops.shape(x))
 
 
-def learned_beta_target(feature_maps, positives, *, beta, center="centroid"):
+def learned_beta_target(
+    feature_maps, positives, *, beta, center="centroid", reduction=None
+):
     """The authors' target for a learned beta (method.md §4.3), paper units.
 
     Per filter: the activation spread `sigma` (in cells) around each map's
@@ -347,11 +402,14 @@ def learned_beta_target(feature_maps, positives, *, beta, center="centroid"):
         positives: bool or 0/1 tensor `[batch, filters]`.
         beta: the current beta, float or `[filters]` tensor (paper units).
         center: `"centroid"` (authors' code) or `"argmax"`.
+        reduction: optional `BatchReduction` (global batch under
+            `tf.distribute`).
 
     Returns:
         float32 tensor `[filters]`.
     """
     _check_feature_maps(feature_maps)
+    reduction = LOCAL_BATCH if reduction is None else reduction
     x = ops.stop_gradient(ops.cast(feature_maps, "float32"))
     _, height, width, filters = x.shape
     current = ops.broadcast_to(ops.cast(beta, "float32"), (filters,))
@@ -371,7 +429,7 @@ def learned_beta_target(feature_maps, positives, *, beta, center="centroid"):
     m = templates_lib.unit_templates(distances, beta=current, floor=-1.0)
     fit = ops.mean(x * m, axis=(1, 2)) * ops.cast(positives, "float32")
     mean_sigma = ops.divide_no_nan(
-        ops.sum(fit * sigma, axis=0), ops.sum(fit, axis=0)
+        reduction.sum(fit * sigma)[0], reduction.sum(fit)[0]
     )
     low, high = AUTHORS_BETA_RANGE
     # As in MATLAB, 3 / 0 = inf clamps to the top of the range and a
@@ -384,5 +442,5 @@ def learned_beta_target(feature_maps, positives, *, beta, center="centroid"):
         ops.where(mean_sigma < 0, low, high),
     )
     target = code_beta * (2.0 * n / (n - 1.0))
-    has_positives = ops.sum(ops.cast(positives, "float32"), axis=0) > 0
+    has_positives = reduction.sum(ops.cast(positives, "float32"))[0] > 0
     return ops.where(has_positives, target, current)

@@ -9,6 +9,25 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 import pytest  # noqa: E402
 
 
+def _split_cpu_into_two_logical_devices():
+    """Two logical CPUs for MirroredStrategy tests (before TF initialises)."""
+    if os.environ["KERAS_BACKEND"] != "tensorflow":
+        return
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0],
+            [tf.config.LogicalDeviceConfiguration()] * 2,
+        )
+    except RuntimeError:  # Already initialised (e.g. by a plugin).
+        pass
+
+
+_split_cpu_into_two_logical_devices()
+
+
 @pytest.fixture(autouse=True)
 def keras_test_isolation():
     # Imported here so a broken keras/TF install fails tests, not collection.

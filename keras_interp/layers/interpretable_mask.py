@@ -9,6 +9,7 @@ existing feature map; `InterpretableConv2D` applies it after its own conv.
 import keras
 from keras import ops
 
+from keras_interp import distribute
 from keras_interp import losses
 from keras_interp import templates
 
@@ -294,8 +295,23 @@ class InterpretableMixin:
         seen = ops.max(stats, axis=0) > 0
         return ops.where(seen, assigned, -1)
 
-    def _forward(self, x, beta, labels, class_activation, epoch, training):
-        """Mask, loss and state updates for channels-last post-ReLU maps."""
+    def _forward(
+        self,
+        x,
+        beta,
+        labels,
+        class_activation,
+        epoch,
+        training,
+        reduction=None,
+        replicas=1,
+    ):
+        """Mask, loss and state updates for channels-last post-ReLU maps.
+
+        `reduction` and `replicas` come from `distribute.replica_reduction`:
+        with several replicas the batch statistics are global and the loss is
+        this replica's share, times `replicas` to undo Keras' 1/R scaling.
+        """
         x32 = ops.cast(x, "float32")
         out = {}
         batch = ops.shape(x32)[0]
@@ -305,18 +321,22 @@ class InterpretableMixin:
             use_labels = labels is not None and self.num_classes is not None
             if use_labels:
                 positives, new_stats = self._positives(
-                    x32, labels, class_activation
+                    x32, labels, class_activation, reduction
                 )
                 out["class_activation"] = new_stats
             weight = self.loss_weight
             if self.loss_weight_decay == "inverse_epoch":
                 weight = weight / epoch
-            out["loss"] = weight * self._filter_loss(
-                x32, beta, positives, use_labels, epoch
+            out["loss"] = (weight * replicas) * self._filter_loss(
+                x32, beta, positives, use_labels, epoch, reduction
             )
             if self.beta_variable is not None:
                 target = losses.learned_beta_target(
-                    x32, positives, beta=beta, center=self.center
+                    x32,
+                    positives,
+                    beta=beta,
+                    center=self.center,
+                    reduction=reduction,
                 )
                 out["beta"] = beta + self.beta_rate * (target - beta)
         if training or self.mask_at_inference:
@@ -326,15 +346,15 @@ class InterpretableMixin:
             out["outputs"] = x
         return out
 
-    def _positives(self, x32, labels, class_activation):
+    def _positives(self, x32, labels, class_activation, reduction):
         """Per-image, per-filter category membership, and the new EMA."""
+        reduction = reduction or losses.LOCAL_BATCH
         ids = _labels_to_ids(labels, self.num_classes)
         one_hot = ops.one_hot(ids, self.num_classes, dtype="float32")  # [B,N]
         activation = ops.mean(x32, axis=(1, 2))  # [B, C]; paper: mean sum x
-        counts = ops.sum(one_hot, axis=0)[:, None]
-        batch_mean = ops.divide_no_nan(
-            ops.matmul(ops.transpose(one_hot), activation), counts
-        )
+        counts = reduction.sum(one_hot)[0][:, None]  # [N, 1]
+        per_class = one_hot[:, :, None] * activation[:, None, :]  # [B, N, C]
+        batch_mean = ops.divide_no_nan(reduction.sum(per_class)[0], counts)
         m = self.assignment_momentum
         blended = ops.where(
             class_activation > 0,
@@ -362,8 +382,13 @@ class InterpretableMixin:
         rho = 1.0 / foreground
         return 0.5 / rho, 0.5 / (1.0 - rho)
 
-    def _filter_loss(self, x32, beta, positives, use_labels, epoch):
-        kwargs = {"beta": beta, "tau": self.tau, "alpha": self.alpha}
+    def _filter_loss(self, x32, beta, positives, use_labels, epoch, reduction):
+        kwargs = {
+            "beta": beta,
+            "tau": self.tau,
+            "alpha": self.alpha,
+            "reduction": reduction,
+        }
 
         def exact(maps):
             if use_labels:
@@ -375,6 +400,8 @@ class InterpretableMixin:
         if self.loss == "mutual_information":
             return ops.sum(exact(x32))
 
+        # The authors' surrogate (flipped-batch partition estimate, per-set
+        # normalisation) stays per replica under tf.distribute.
         w_pos, w_neg = self._authors_class_weights()
 
         @ops.custom_gradient
@@ -426,9 +453,23 @@ class InterpretableMixin:
                 )
             labels = ops.convert_to_tensor(labels)
         epoch = ops.cast(ops.copy(self.epoch), "float32")
-        out = self._forward_fn(
-            x, beta, labels, class_activation, epoch, training
-        )
+        reduction, replicas = distribute.replica_reduction()
+        if reduction is None:
+            out = self._forward_fn(
+                x, beta, labels, class_activation, epoch, training
+            )
+        else:
+            # Cross-replica all-reduces cannot run inside an XLA cluster.
+            out = self._forward(
+                x,
+                beta,
+                labels,
+                class_activation,
+                epoch,
+                training,
+                reduction=reduction,
+                replicas=replicas,
+            )
         if "loss" in out:
             self.add_loss(out["loss"])
             if self.filter_loss_tracker is not None:

@@ -1,0 +1,76 @@
+"""The filter loss under tf.distribute is the exact global-batch loss."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_interp
+
+tf = pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow"
+    or len(tf.config.list_logical_devices("CPU")) < 2,
+    reason="needs the TF backend and two logical CPUs (tests/conftest.py)",
+)
+
+GLOBAL_BATCH = 8
+
+
+def build_model(loss_weight):
+    images = keras.Input((8, 8, 3))
+    labels = keras.Input((), dtype="int32")
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(images)
+    x = keras_interp.InterpretableMask(
+        num_classes=2, tau=0.2, loss_weight=loss_weight, beta="learned"
+    )(x, labels=labels)
+    x = keras_interp.InterpretableConv2D(
+        4, 3, padding="same", tau=0.2, loss_weight=loss_weight, name="interp"
+    )(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2)(x)
+    model = keras.Model([images, labels], outputs)
+    model.compile(
+        keras.optimizers.SGD(0.5),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def one_step(initial, strategy=None, loss_weight=10.0):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 3, (GLOBAL_BATCH, 8, 8, 3)).astype("float32")
+    y = np.array([0, 1, 1, 0, 1, 1, 0, 0], "int32")
+    scope = (
+        strategy.scope() if strategy else tf.distribute.get_strategy().scope()
+    )
+    with scope:
+        model = build_model(loss_weight)
+        model.set_weights(initial)
+    history = model.fit(
+        [x, y], y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0
+    )
+    return model, history.history
+
+
+def test_two_replicas_equal_one_device_on_the_global_batch():
+    keras.utils.set_random_seed(3)
+    initial = build_model(10.0).get_weights()
+    single, single_logs = one_step(initial)
+    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    assert strategy.num_replicas_in_sync == 2
+    mirrored, mirrored_logs = one_step(initial, strategy)
+    for a, b in zip(single.weights, mirrored.weights):
+        np.testing.assert_allclose(
+            a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path
+        )
+    # The logged filter loss is the global one, too.
+    np.testing.assert_allclose(
+        mirrored_logs["interp_filter_loss"],
+        single_logs["interp_filter_loss"],
+        rtol=1e-5,
+    )
+    # The filter loss really moves the weights, so the check has teeth.
+    unweighted, _ = one_step(initial, loss_weight=0.0)
+    kernel = single.get_layer("interp").kernel.numpy()
+    plain = unweighted.get_layer("interp").kernel.numpy()
+    assert np.max(np.abs(kernel - plain)) > 1e-3
