@@ -1,5 +1,7 @@
 """keras_interp: Interpretable CNNs (Zhang, Wu, Zhu, CVPR 2018) for Keras 3."""
 
+from keras_interp import distribute
+from keras_interp import models
 from keras_interp.callbacks import FilterLossEpoch
 from keras_interp.callbacks import interpretable_layers
 from keras_interp.layers import InterpretableConv2D

@@ -1,0 +1,252 @@
+"""Model builders: the paper's recipe on a Keras Applications backbone."""
+
+import collections
+
+import keras
+
+from keras_interp.layers import InterpretableConv2D
+from keras_interp.layers import InterpretableMask
+from keras_interp.models import backbones as backbones_lib
+
+PartClassifier = collections.namedtuple(
+    "PartClassifier", ["training", "inference"]
+)
+PartClassifier.__doc__ = """The two views of one classifier, sharing layers.
+
+Attributes:
+    training: a functional model with inputs `{"image", "label"}`; the
+        labels reach the category-aware filter loss. Compile and fit it.
+    inference: a functional model with the image as its only input. Save
+        and deploy it; it predicts from images alone.
+"""
+
+# Stable layer names, used by the evaluation tools and the examples.
+TOP_MASK = "top_mask"
+PART_CONV = "part_conv"
+CLASSIFIER = "classifier"
+
+
+def _cut_backbone(backbone, x, *, weights, cut_layer, preprocessing):
+    """Applies the backbone to `x` and returns its top conv features."""
+    if isinstance(backbone, str):
+        if backbone not in backbones_lib.BACKBONES:
+            raise ValueError(
+                "`backbone` must be one of "
+                f"{sorted(backbones_lib.BACKBONES)} or a keras.Model. "
+                f"Received: backbone={backbone!r}."
+            )
+        spec = backbones_lib.BACKBONES[backbone]
+        mode = preprocessing or spec.preprocessing
+        x = backbones_lib.BackbonePreprocessing(mode, name="preprocessing")(x)
+        # `input_tensor` keeps the graph flat: every backbone layer stays
+        # addressable by name in the final model.
+        model = spec.constructor(
+            include_top=False,
+            weights=backbones_lib.check_weights(weights),
+            input_tensor=x,
+        )
+        cut_layer = cut_layer or spec.cut_layer
+    elif isinstance(backbone, keras.Model):
+        if weights is not None:
+            backbone.load_weights(backbones_lib.check_weights(weights))
+        if cut_layer is None:
+            raise ValueError(
+                "`cut_layer` is required with a custom backbone model: the "
+                "name of its top conv layer. Valid names: "
+                f"{[layer.name for layer in backbone.layers]}."
+            )
+        x = backbones_lib.BackbonePreprocessing(
+            preprocessing or "none", name="preprocessing"
+        )(x)
+        names = [layer.name for layer in backbone.layers]
+        if cut_layer not in names:
+            raise ValueError(_unknown_layer(cut_layer, backbone))
+        cut = keras.Model(
+            backbone.input,
+            backbone.get_layer(cut_layer).output,
+            name="backbone",
+        )
+        return cut(x)
+    else:
+        raise ValueError(
+            "`backbone` must be a name or a keras.Model. Received: "
+            f"backbone={backbone!r}."
+        )
+    if cut_layer is None:
+        return model.output
+    if cut_layer not in [layer.name for layer in model.layers]:
+        raise ValueError(_unknown_layer(cut_layer, model))
+    return model.get_layer(cut_layer).output
+
+
+def _unknown_layer(name, model):
+    spatial = [
+        layer.name
+        for layer in model.layers
+        if len(getattr(layer.output, "shape", ())) == 4
+    ]
+    return (
+        f"`cut_layer` {name!r} is not a layer of backbone '{model.name}'. "
+        f"Valid names (4-D outputs): {spatial}."
+    )
+
+
+def build_part_classifier(
+    backbone="vgg16",
+    *,
+    num_classes,
+    image_size=224,
+    weights=None,
+    cut_layer=None,
+    preprocessing=None,
+    filters=None,
+    interpretable=True,
+    background_class=None,
+    loss="mutual_information",
+    loss_weight=None,
+    loss_weight_decay=None,
+    beta=4.0,
+    center="argmax",
+    dropout=0.5,
+    seed=0,
+    name="part_classifier",
+):
+    """Builds the paper's interpretable CNN (or the matching ordinary one).
+
+    The recipe of Zhang et al. (CVPR 2018, Section 5; method.md §5.1-5.2):
+
+    1. the backbone, cut at its top conv layer (`cut_layer`), whose filters
+       are made interpretable with an `InterpretableMask` ("top_mask": mask
+       and filter loss on its output; the paper's "we modified all filters
+       in the top conv-layer");
+    2. a new 3x3 `InterpretableConv2D` ("part_conv") with `filters` filters
+       (default: the backbone's channel count M), zero-padded, with bias;
+    3. global average pooling, dropout and a dense classifier
+       ("classifier", float32 logits).
+
+    With `interpretable=False` the model is the identical ordinary CNN: the
+    same layers and initialisation, with "part_conv" a plain
+    `Conv2D(activation="relu")` and no mask, for fair comparisons.
+
+    The images are RGB in [0, 255]; the backbone's own preprocessing is a
+    layer inside the model. With `num_classes` labels the filters are
+    assigned to classes and the loss is category-aware; for the paper's
+    single-category task (objects vs. background images) use
+    `num_classes=2, background_class=0`.
+
+    Args:
+        backbone: a name from `keras_interp.models.BACKBONES` (vgg16,
+            vgg19, resnet50, mobilenet_v2, efficientnet_b0, convnext_tiny,
+            tiny_vgg) or any `keras.Model` (then `cut_layer` is required).
+        num_classes: int >= 2, the number of classes.
+        image_size: int, the square input size. Default 224 (the paper).
+        weights: None (random) or the path of a local weights file for the
+            backbone, e.g. Keras' official `*_notop.h5`. Never downloads.
+        cut_layer: name of the backbone layer whose output feeds the
+            interpretable layers; default per backbone (VGG16:
+            `block5_conv3`).
+        preprocessing: override the backbone's preprocessing mode (see
+            `BackbonePreprocessing`).
+        filters: int, filters of "part_conv". Default: M, the backbone's
+            channel count (paper).
+        interpretable: bool, build the interpretable (True) or ordinary CNN.
+        background_class: class id of background-only images, if any.
+        loss, loss_weight, loss_weight_decay, beta, center: passed to both
+            interpretable layers (see `InterpretableMask`).
+        dropout: float, dropout rate before the classifier. Default 0.5.
+        seed: int, seed of the new layers' initialisers.
+        name: model name.
+
+    Returns:
+        A `PartClassifier(training, inference)` pair sharing all layers.
+
+    Raises:
+        ValueError: for an unknown backbone or cut layer (the message lists
+            the valid names), bad weights, or bad sizes.
+
+    Example:
+
+    >>> models = keras_interp.models.build_part_classifier(
+    ...     "tiny_vgg", num_classes=3, image_size=32)
+    >>> models.inference.output.shape
+    (None, 3)
+    """
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int)
+        or (num_classes < 2)
+    ):
+        raise ValueError(
+            "`num_classes` must be an int >= 2 (use 2 with "
+            "background_class=0 for object-vs-background). Received: "
+            f"num_classes={num_classes!r}."
+        )
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, int)
+        or (image_size < 8)
+    ):
+        raise ValueError(
+            f"`image_size` must be an int >= 8. Received: {image_size!r}."
+        )
+    if filters is not None and (
+        isinstance(filters, bool) or not isinstance(filters, int) or filters < 1
+    ):
+        raise ValueError(
+            f"`filters` must be a positive int or None. Received: {filters!r}."
+        )
+    image = keras.Input((image_size, image_size, 3), name="image")
+    label = keras.Input((), dtype="int32", name="label")
+    features = _cut_backbone(
+        backbone,
+        image,
+        weights=weights,
+        cut_layer=cut_layer,
+        preprocessing=preprocessing,
+    )
+    channels = features.shape[-1]
+    filters = filters or channels
+    conv_kwargs = dict(
+        kernel_size=3,
+        padding="same",
+        kernel_initializer=keras.initializers.HeNormal(seed=seed),
+        name=PART_CONV,
+    )
+    interp_kwargs = dict(
+        num_classes=num_classes,
+        background_class=background_class,
+        loss=loss,
+        loss_weight=loss_weight,
+        loss_weight_decay=loss_weight_decay,
+        beta=beta,
+        center=center,
+    )
+    head = [
+        keras.layers.GlobalAveragePooling2D(name="pool"),
+        keras.layers.Dropout(dropout, seed=seed, name="dropout"),
+        keras.layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1),
+            dtype="float32",
+            name=CLASSIFIER,
+        ),
+    ]
+
+    def apply_head(x):
+        for layer in head:
+            x = layer(x)
+        return x
+
+    if interpretable:
+        mask = InterpretableMask(name=TOP_MASK, **interp_kwargs)
+        conv = InterpretableConv2D(filters, **conv_kwargs, **interp_kwargs)
+        train_out = apply_head(conv(mask(features, labels=label), labels=label))
+        infer_out = apply_head(conv(mask(features)))
+    else:
+        conv = keras.layers.Conv2D(filters, activation="relu", **conv_kwargs)
+        train_out = infer_out = apply_head(conv(features))
+    training = keras.Model(
+        {"image": image, "label": label}, train_out, name=name
+    )
+    inference = keras.Model(image, infer_out, name=name)
+    return PartClassifier(training, inference)

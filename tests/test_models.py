@@ -1,0 +1,182 @@
+"""Model builders on Keras Applications backbones."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_interp
+from keras_interp import models
+
+
+def images(n, size, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (n, size, size, 3)).astype("float32")
+
+
+@pytest.mark.parametrize(
+    "backbone,size,grid,channels",
+    [
+        ("tiny_vgg", 64, 8, 128),
+        ("vgg16", 64, 4, 512),
+        ("vgg19", 64, 4, 512),
+        pytest.param("resnet50", 64, 2, 2048, marks=pytest.mark.slow),
+        pytest.param("mobilenet_v2", 64, 2, 1280, marks=pytest.mark.slow),
+        pytest.param("efficientnet_b0", 64, 2, 1280, marks=pytest.mark.slow),
+        pytest.param("convnext_tiny", 64, 2, 768, marks=pytest.mark.slow),
+    ],
+)
+def test_builds_every_named_backbone(backbone, size, grid, channels):
+    built = models.build_part_classifier(
+        backbone, num_classes=3, image_size=size, filters=4
+    )
+    mask = built.inference.get_layer(models.TOP_MASK)
+    assert isinstance(mask, keras_interp.InterpretableMask)
+    assert tuple(mask.output.shape) == (None, grid, grid, channels)
+    conv = built.inference.get_layer(models.PART_CONV)
+    assert isinstance(conv, keras_interp.InterpretableConv2D)
+    assert tuple(conv.output.shape) == (None, grid, grid, 4)
+    assert built.inference.output.shape == (None, 3)
+    # The graph is flat: backbone layers are addressable by name.
+    assert built.inference.get_layer("preprocessing") is not None
+
+
+def test_default_filters_is_the_backbone_channel_count():
+    built = models.build_part_classifier(
+        "tiny_vgg", num_classes=2, image_size=32
+    )
+    assert built.inference.get_layer(models.PART_CONV).filters == 128
+
+
+def test_ordinary_model_is_identical_without_mask_or_loss():
+    interp = models.build_part_classifier(
+        "tiny_vgg", num_classes=3, image_size=32, seed=4
+    )
+    plain = models.build_part_classifier(
+        "tiny_vgg", num_classes=3, image_size=32, seed=4, interpretable=False
+    )
+    names = [layer.name for layer in plain.inference.layers]
+    assert names == [
+        layer.name
+        for layer in interp.inference.layers
+        if layer.name != models.TOP_MASK
+    ]
+    conv = plain.inference.get_layer(models.PART_CONV)
+    assert (
+        type(conv) is keras.layers.Conv2D and conv.activation.__name__ == "relu"
+    )
+    for name in (models.PART_CONV, models.CLASSIFIER):
+        np.testing.assert_array_equal(
+            plain.inference.get_layer(name).get_weights()[0],
+            interp.inference.get_layer(name).get_weights()[0],
+        )
+    x = images(2, 32)
+    plain.training({"image": x, "label": np.zeros(2, "int32")}, training=True)
+    assert plain.training.losses == []
+
+
+def test_labels_reach_the_category_aware_loss():
+    built = models.build_part_classifier(
+        "tiny_vgg", num_classes=3, image_size=32, filters=8, loss_weight=1.0
+    )
+    built.training.compile(
+        "sgd", loss=keras.losses.SparseCategoricalCrossentropy(True)
+    )
+    y = np.array([0, 1, 2, 0, 1, 2], "int32")
+    built.training.fit(
+        {"image": images(6, 32), "label": y}, y, epochs=1, verbose=0
+    )
+    for name in (models.TOP_MASK, models.PART_CONV):
+        layer = built.training.get_layer(name)
+        assert np.all(layer.class_activation.numpy().max(axis=1) > 0), name
+
+
+def test_saved_inference_model_predicts_from_images(tmp_path):
+    built = models.build_part_classifier(
+        "tiny_vgg", num_classes=2, image_size=32, filters=4, background_class=0
+    )
+    x = images(4, 32)
+    path = os.path.join(tmp_path, "m.keras")
+    built.inference.save(path)
+    restored = keras.models.load_model(path)
+    np.testing.assert_allclose(
+        restored.predict(x, verbose=0), built.inference.predict(x, verbose=0)
+    )
+
+
+@pytest.mark.parametrize(
+    "backbone,mode", [("vgg16", "caffe"), ("mobilenet_v2", "tf")]
+)
+def test_preprocessing_matches_keras_applications(backbone, mode):
+    layer = models.BackbonePreprocessing(mode)
+    x = images(2, 8)
+    module = {"vgg16": "vgg16", "mobilenet_v2": "mobilenet_v2"}[backbone]
+    expected = getattr(keras.applications, module).preprocess_input(x.copy())
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-4
+    )
+    assert models.BACKBONES[backbone].preprocessing == mode
+
+
+def test_custom_backbone_and_cut_layer():
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="c2")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    backbone = keras.Model(inputs, x)
+    built = models.build_part_classifier(
+        backbone, num_classes=2, image_size=32, cut_layer="c2"
+    )
+    assert built.inference.get_layer(models.TOP_MASK).output.shape == (
+        None,
+        16,
+        16,
+        6,
+    )
+    with pytest.raises(ValueError, match=r"'c9' is not a layer.*'c1', 'c2'"):
+        models.build_part_classifier(
+            backbone, num_classes=2, image_size=32, cut_layer="c9"
+        )
+    with pytest.raises(ValueError, match=r"`cut_layer` is required"):
+        models.build_part_classifier(backbone, num_classes=2, image_size=32)
+
+
+def test_wrong_cut_layer_lists_valid_names():
+    with pytest.raises(ValueError, match=r"'block9'.*'block5_conv3'"):
+        models.build_part_classifier(
+            "vgg16", num_classes=2, image_size=32, cut_layer="block9"
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        (dict(backbone="alexnet"), r"`backbone` must be one of.*'alexnet'"),
+        (dict(weights="imagenet"), r"never downloads.*'imagenet'"),
+        (dict(weights="/no/such/file.h5"), r"not found.*/no/such/file.h5"),
+        (dict(num_classes=1), r"`num_classes`.*num_classes=1"),
+        (dict(image_size=4), r"`image_size`.*4"),
+        (dict(filters=0), r"`filters`.*0"),
+    ],
+)
+def test_bad_builder_arguments(kwargs, pattern):
+    args = {"backbone": "tiny_vgg", "num_classes": 2, "image_size": 32}
+    args.update(kwargs)
+    backbone = args.pop("backbone")
+    with pytest.raises(ValueError, match=pattern):
+        models.build_part_classifier(backbone, **args)
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    source = models.tiny_vgg(input_shape=(32, 32, 3))
+    path = os.path.join(tmp_path, "tiny.weights.h5")
+    source.save_weights(path)
+    built = models.build_part_classifier(
+        "tiny_vgg", num_classes=2, image_size=32, weights=path
+    )
+    np.testing.assert_array_equal(
+        built.inference.get_layer("block1_conv1").get_weights()[0],
+        source.get_layer("block1_conv1").get_weights()[0],
+    )
