@@ -1,0 +1,313 @@
+"""Tests for keras_interp.evaluation: geometry, metrics and plots.
+
+Expected values are computed by hand in the comments, or by brute force: the
+receptive field (RF) is checked against the support of the gradient of one
+output unit with respect to the input image.
+"""
+
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_interp
+from keras_interp import evaluation
+from keras_interp.evaluation import ReceptiveField
+
+# --- Receptive field --------------------------------------------------------
+
+
+def positive_linear(layer):
+    """Clone function: same geometry, every path positive (no ReLU, no max).
+
+    Max pooling routes the gradient to one input and ReLU can cut paths, so
+    the gradient support of the real network can be smaller than its RF.
+    With average pooling, no activation and positive averaging kernels the
+    support is exactly the RF clipped to the image.
+    """
+    config = layer.get_config()
+    if isinstance(layer, keras.layers.MaxPooling2D):
+        return keras.layers.AveragePooling2D.from_config(config)
+    if isinstance(layer, keras.layers.Conv2D):
+        fan_in = int(np.prod(layer.kernel.shape[:3]))
+        config.update(
+            activation=None,
+            kernel_initializer=keras.initializers.Constant(1.0 / fan_in),
+            bias_initializer="zeros",
+        )
+        return type(layer).from_config(config)
+    return layer.__class__.from_config(config)
+
+
+def gradient_support(model, units, input_shape, seed=0):
+    """`(len(units), H, W)` bool: pixels where d y[unit, 0] / d x != 0."""
+    rng = np.random.default_rng(seed)
+    x = tf.constant(
+        rng.uniform(0.5, 1.0, (len(units),) + input_shape).astype("float32")
+    )
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = model(x)
+        picked = [y[b, i, j, 0] for b, (i, j) in enumerate(units)]
+        total = tf.add_n(picked)
+    grad = tape.gradient(total, x).numpy()
+    return np.abs(grad).sum(axis=-1) > 0
+
+
+def rf_interval(rf, axis, index, length=None):
+    """Pixels [lo, hi) of the theoretical RF of cell `index`.
+
+    Clipped to the image [0, length) when `length` is given.
+    """
+    center = rf.offset[axis] + index * rf.stride[axis]
+    lo = center - rf.size[axis] / 2.0
+    hi = center + rf.size[axis] / 2.0
+    if length is None:
+        return lo, hi
+    return max(lo, 0.0), min(hi, float(length))
+
+
+def support_interval(support, axis):
+    """[first, last + 1) of the non-zero support along an axis."""
+    hits = np.flatnonzero(support.any(axis=1 - axis))
+    return float(hits[0]), float(hits[-1] + 1)
+
+
+def check_against_gradients(model, layer_model, rf, units, exact=True):
+    """Gradient support vs the computed RF, for each unit `(i, j)`.
+
+    Always: the support lies inside the RF clipped to the image. With
+    `exact` (a positive network), a unit whose RF lies inside the image has
+    exactly the RF as support: same centre, same size. At the border the
+    support can be smaller than the clipped RF: zero-padded cells (and
+    dilated taps on them) depend on no pixel.
+    """
+    input_shape = tuple(model.input.shape[1:])
+    supports = gradient_support(layer_model, units, input_shape)
+    # A ReLU unit can be dead (empty support); a positive one never is.
+    assert supports.any()
+    interior = 0
+    for (i, j), support in zip(units, supports):
+        intervals = [
+            rf_interval(rf, axis, index, input_shape[axis])
+            for axis, index in ((0, i), (1, j))
+        ]
+        inside = True
+        for axis, index in ((0, i), (1, j)):
+            lo, hi = rf_interval(rf, axis, index)
+            inside = inside and lo >= 0.0 and hi <= input_shape[axis]
+        if not support.any():
+            assert not (exact and inside), (i, j)
+            continue
+        for axis, (lo, hi) in enumerate(intervals):
+            got_lo, got_hi = support_interval(support, axis)
+            assert lo <= got_lo and got_hi <= hi, (i, j, axis)
+            if exact and inside:
+                # Same interval, hence same centre and size as computed.
+                assert (got_lo, got_hi) == (lo, hi), (i, j, axis)
+        interior += inside
+    return interior
+
+
+def hand_model(input_shape=(43, 23, 2), name="hand"):
+    """'same' with stride (2, 1), padding, dilation, a pool and a merge."""
+    init = {"kernel_initializer": "ones", "bias_initializer": "zeros"}
+    inputs = keras.Input(input_shape)
+    # rows: 43 -> 22, pad_before = ((22 - 1) * 2 + 3 - 43) // 2 = 1
+    x = keras.layers.Conv2D(
+        3, 3, strides=(2, 1), padding="same", name="c1", **init
+    )(inputs)
+    x = keras.layers.ZeroPadding2D(((1, 0), (2, 1)), name="pad")(x)
+    x = keras.layers.Conv2D(3, 3, dilation_rate=2, name="c2", **init)(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    # 'same' pool of odd size (19 rows): the extra padding goes after.
+    x = keras.layers.AveragePooling2D(2, padding="same", name="pool")(x)
+    a = keras.layers.DepthwiseConv2D(
+        3,
+        padding="same",
+        name="dw",
+        depthwise_initializer="ones",
+        bias_initializer="zeros",
+    )(x)
+    b = keras.layers.Conv2D(3, 1, name="c1x1", **init)(x)
+    x = keras.layers.Add(name="add")([a, b])
+    x = keras.layers.Cropping2D(((1, 0), (0, 1)), name="crop")(x)
+    x = keras.layers.SeparableConv2D(
+        2,
+        2,
+        name="top",
+        depthwise_initializer="ones",
+        pointwise_initializer="ones",
+    )(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def all_units(layer_model):
+    h, w = layer_model.output.shape[1:3]
+    return [(i, j) for i in range(h) for j in range(w)]
+
+
+def test_receptive_field_vgg16_known_values():
+    # Standard VGG-16 values (Araujo et al., Distill 2019): conv5_3 has
+    # stride 16 and RF 196; the authors' getConvNetPara gives c = 8.5
+    # (1-based) for conv6, i.e. offset 8.0 in pixel-interval coordinates.
+    vgg = keras.applications.VGG16(
+        weights=None, include_top=False, input_shape=(64, 64, 3)
+    )
+    assert evaluation.receptive_field(vgg, "block5_conv3") == ReceptiveField(
+        (16, 16), (8.0, 8.0), (196, 196)
+    )
+    assert evaluation.receptive_field(vgg, "block5_pool") == ReceptiveField(
+        (32, 32), (16.0, 16.0), (212, 212)
+    )
+    assert evaluation.receptive_field(vgg, "block1_conv1") == ReceptiveField(
+        (1, 1), (0.5, 0.5), (3, 3)
+    )
+
+
+def test_receptive_field_vgg16_matches_gradient_support():
+    vgg = keras.applications.VGG16(
+        weights=None, include_top=False, input_shape=(64, 64, 3)
+    )
+    linear = keras.models.clone_model(vgg, clone_function=positive_linear)
+    for name in ("block3_conv3", "block5_conv3"):
+        rf = evaluation.receptive_field(vgg, name)
+        assert evaluation.receptive_field(linear, name) == rf
+        probe = keras.Model(linear.input, linear.get_layer(name).output)
+        h = probe.output.shape[1]
+        # block3_conv3: RF 40 at stride 4 is interior for cells 5..10.
+        picks = sorted({0, 1, h // 2, h - 1} | ({5, 7, 10} & set(range(h))))
+        units = [(i, j) for i in picks for j in picks]
+        interior = check_against_gradients(linear, probe, rf, units)
+        # 64 px is smaller than conv5_3's RF (196): no unit is interior.
+        assert interior == (16 if name == "block3_conv3" else 0)
+    # The real (ReLU, max-pool) network only uses part of the RF.
+    probe = keras.Model(vgg.input, vgg.get_layer("block3_conv3").output)
+    rf = evaluation.receptive_field(vgg, "block3_conv3")
+    check_against_gradients(
+        vgg, probe, rf, [(5, 5), (7, 10), (0, 15), (9, 6), (12, 3)], exact=False
+    )
+
+
+def test_receptive_field_hand_model_every_unit():
+    model = hand_model()
+    for name in ("c1", "pad", "c2", "pool", "add", "crop", "top"):
+        rf = evaluation.receptive_field(model, name)
+        probe = keras.Model(model.input, model.get_layer(name).output)
+        interior = check_against_gradients(model, probe, rf, all_units(probe))
+        assert interior > 0, name
+
+
+def test_receptive_field_hand_values():
+    model = hand_model()
+    rf = evaluation.receptive_field
+    # c1: k = 3, stride (2, 1), same: pad_before 1 on both axes, so cell 0
+    # covers pixels [-1, 2): centre 0.5.
+    assert rf(model, "c1") == ReceptiveField((2, 1), (0.5, 0.5), (3, 3))
+    # The 1x1 branch is inside the 3x3 depthwise branch: the merge takes
+    # the larger RF with the common centre.
+    dw = rf(model, "dw")
+    assert rf(model, "add") == dw
+
+
+def test_receptive_field_nested_models():
+    inner = hand_model(input_shape=(43, 23, 2), name="inner")
+    inputs = keras.Input((41, 21, 2))
+    x = keras.layers.ZeroPadding2D(1, name="outer_pad")(inputs)
+    x = inner(x)
+    x = keras.layers.Conv2D(1, (2, 1), name="head", kernel_initializer="ones")(
+        x
+    )
+    outer = keras.Model(inputs, x)
+    for name in ("head", "inner/top", "c2"):
+        rf = evaluation.receptive_field(outer, name)
+        probe = evaluation.feature_map_model(outer, name)
+        interior = check_against_gradients(outer, probe, rf, all_units(probe))
+        assert interior > 0, name
+    # Padding one pixel shifts every centre back by one pixel.
+    inside = evaluation.receptive_field(inner, "top")
+    shifted = evaluation.receptive_field(outer, "top")
+    assert shifted.offset == (inside.offset[0] - 1, inside.offset[1] - 1)
+    assert (shifted.stride, shifted.size) == (inside.stride, inside.size)
+
+
+def test_receptive_field_backbone_as_layer_and_flat_graph():
+    vgg = keras.applications.VGG16(
+        weights=None, include_top=False, input_shape=(64, 64, 3)
+    )
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    x = vgg(x)
+    x = keras_interp.InterpretableConv2D(4, 3, padding="same", name="conv6")(
+        x
+    )
+    nested = keras.Model(inputs, x)
+    # conv6 (3x3 same, pad 1) on block5_pool (stride 32, offset 16, 212):
+    # size 212 + 2 * 32 = 276, offset 16 + (1.5 - 1 - 0.5) * 32 = 16.
+    assert evaluation.receptive_field(nested, "conv6") == ReceptiveField(
+        (32, 32), (16.0, 16.0), (276, 276)
+    )
+    assert evaluation.receptive_field(
+        nested, "block5_conv3"
+    ) == evaluation.receptive_field(vgg, "block5_conv3")
+    # A model built from the backbone's own tensors (flat graph).
+    top = vgg.get_layer("block5_conv3").output
+    y = keras_interp.InterpretableConv2D(4, 3, padding="same", name="conv6")(
+        top
+    )
+    flat = keras.Model(vgg.input, y)
+    assert evaluation.receptive_field(flat, "conv6") == ReceptiveField(
+        (16, 16), (8.0, 8.0), (228, 228)
+    )
+
+
+def test_receptive_field_ops_and_squeeze_excitation_branch():
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)
+    x = keras.ops.relu(x) * 2.0
+    se = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    se = keras.layers.Conv2D(4, 1, activation="sigmoid")(se)
+    x = keras.layers.Multiply(name="scaled")([x, se])
+    model = keras.Model(inputs, x)
+    # 16 -> 8, pad_total = 7 * 2 + 3 - 16 = 1, pad_before = 0: cell 0
+    # covers [0, 3).
+    assert evaluation.receptive_field(model, "scaled") == ReceptiveField(
+        (2, 2), (1.5, 1.5), (3, 3)
+    )
+
+
+def test_receptive_field_errors():
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.UpSampling2D(name="up")(inputs)
+    x = keras.layers.Conv2D(2, 3, name="after")(x)
+    g = keras.layers.Conv2D(2, 3, name="before")(inputs)
+    g = keras.layers.GlobalMaxPooling2D(name="gmp")(g)
+    model = keras.Model(inputs, [x, g])
+    with pytest.raises(ValueError, match="'up' \\(UpSampling2D\\).*identity"):
+        evaluation.receptive_field(model, "after")
+    with pytest.raises(ValueError, match="No layer named 'missing'.*after"):
+        evaluation.receptive_field(model, "missing")
+    with pytest.raises(ValueError, match="no spatial map"):
+        evaluation.receptive_field(model, "gmp")
+    with pytest.raises(ValueError, match="changes the spatial map"):
+        evaluation.receptive_field(
+            model, "after", identity_layers=["UpSampling2D"]
+        )
+
+    class Elementwise(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    y = Elementwise(name="custom")(inputs)
+    y = keras.layers.Conv2D(2, 3, name="conv")(y)
+    custom = keras.Model(inputs, y)
+    with pytest.raises(ValueError, match="identity_layers=\\['custom'\\]"):
+        evaluation.receptive_field(custom, "conv")
+    rf = evaluation.receptive_field(custom, "conv", identity_layers=["custom"])
+    assert rf == ReceptiveField((1, 1), (1.5, 1.5), (3, 3))
+    assert rf == evaluation.receptive_field(
+        custom, "conv", identity_layers=[Elementwise]
+    )
