@@ -1,0 +1,66 @@
+"""One worker of the multi-worker test (run by tests/test_training.py).
+
+Usage: python multi_worker.py WORKDIR MODE, where MODE is "worker" (reads
+TF_CONFIG, uses MultiWorkerMirroredStrategy) or "single" (no strategy).
+Reads WORKDIR/init.weights.h5 and WORKDIR/data.npz; writes
+WORKDIR/<mode><task>.npz with the final weights.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_interp  # noqa: E402
+from keras_interp import training  # noqa: E402
+
+GLOBAL_BATCH = 8
+
+
+def build_model():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = keras_interp.InterpretableMask(tau=0.2, loss_weight=10.0)(x)
+    x = keras_interp.InterpretableConv2D(
+        4, 3, padding="same", tau=0.2, loss_weight=10.0, name="interp"
+    )(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(2)(x))
+
+
+def main(workdir, mode):
+    if mode == "worker":
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    else:
+        strategy = tf.distribute.get_strategy()
+        task = 0
+    data = np.load(os.path.join(workdir, "data.npz"))
+    dataset = tf.data.Dataset.from_tensor_slices((data["x"], data["y"]))
+    dataset = dataset.batch(GLOBAL_BATCH, drop_remainder=True)
+    with strategy.scope():
+        model = build_model()
+        model.load_weights(os.path.join(workdir, "init.weights.h5"))
+        optimizer = keras.optimizers.SGD(0.5)
+    trainer = training.DistributedTrainer(
+        model,
+        optimizer,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        strategy=strategy,
+    )
+    history = trainer.fit(dataset, epochs=2, verbose=0)
+    np.savez(
+        os.path.join(workdir, f"{mode}{task}.npz"),
+        *[w.numpy() for w in model.weights],
+        loss=np.array(history.history["loss"]),
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
