@@ -311,3 +311,361 @@ def test_receptive_field_errors():
     assert rf == evaluation.receptive_field(
         custom, "conv", identity_layers=[Elementwise]
     )
+
+
+# --- Feature-map probes -----------------------------------------------------
+
+
+def small_interpretable_model():
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = keras_interp.InterpretableMask(name="mask", loss=None)(x)
+    x = keras_interp.InterpretableConv2D(
+        5, 3, padding="same", name="conv6", loss=None
+    )(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(x))
+    return keras.Model(inputs, outputs)
+
+
+def images(n=6, size=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.0, 255.0, (n, size, size, 3)).astype("float32")
+
+
+def test_feature_map_model_masked_and_raw():
+    model = small_interpretable_model()
+    x = images() / 255.0
+    conv6 = model.get_layer("conv6")
+    before = keras.Model(model.input, model.get_layer("mask").output)(x)
+    # Raw conv6: conv + bias of the layer's own weights, no ReLU, no mask.
+    conv6.bias.assign(np.linspace(-0.3, 0.3, 5).astype("float32"))
+    expected_raw = keras.ops.convert_to_numpy(
+        keras.ops.conv(before, conv6.kernel, padding="same") + conv6.bias
+    )
+    raw = evaluation.feature_map_model(model, "conv6", "raw").predict_on_batch(
+        x
+    )
+    np.testing.assert_allclose(raw, expected_raw, rtol=1e-5, atol=1e-5)
+    assert (raw < 0).any()
+    masked = evaluation.feature_map_model(model, "conv6").predict_on_batch(x)
+    # Masked = relu(raw) * mask with the mask in [0, 1] and 1 at the peak.
+    relu = np.maximum(raw, 0.0)
+    assert np.all(masked <= relu + 1e-5)
+    np.testing.assert_allclose(
+        masked.max(axis=(1, 2)), relu.max(axis=(1, 2)), rtol=1e-5
+    )
+    assert (masked < relu - 1e-3).any()
+    # InterpretableMask: raw is its input; plain Conv2D: pre-activation.
+    mask_raw = evaluation.feature_map_model(model, "mask", "raw")
+    conv_out = keras.Model(model.input, model.get_layer("conv").output)
+    np.testing.assert_allclose(
+        mask_raw.predict_on_batch(x), conv_out.predict_on_batch(x), atol=1e-6
+    )
+    conv_raw = evaluation.feature_map_model(model, "conv", "raw")
+    pre = conv_raw.predict_on_batch(x)
+    np.testing.assert_allclose(
+        np.maximum(pre, 0.0), conv_out.predict_on_batch(x), atol=1e-5
+    )
+
+
+def test_feature_map_model_errors():
+    model = small_interpretable_model()
+    with pytest.raises(ValueError, match="map='raw' is defined.*'pool'"):
+        evaluation.feature_map_model(model, "pool", "raw")
+    with pytest.raises(ValueError, match="`map` must be one of.*'pre'"):
+        evaluation.feature_map_model(model, "conv6", "pre")
+    with pytest.raises(ValueError, match="No layer named 'conv7'.*conv6"):
+        evaluation.feature_map_model(model, "conv7")
+
+
+# --- Location instability ---------------------------------------------------
+
+RF16 = ReceptiveField((16, 16), (8.0, 8.0), (196, 196))
+DIAGONAL_224 = math.hypot(224, 224)
+
+
+def test_peaks_from_maps_matches_loop():
+    rng = np.random.default_rng(3)
+    maps = rng.normal(size=(4, 5, 6, 3))
+    index, value = evaluation.peaks_from_maps(maps)
+    for n in range(4):
+        for f in range(3):
+            i, j = np.unravel_index(np.argmax(maps[n, :, :, f]), (5, 6))
+            assert tuple(index[n, f]) == (i, j)
+            assert value[n, f] == maps[n, i, j, f]
+    first = evaluation.peaks_from_maps(
+        np.moveaxis(maps, -1, 1), data_format="channels_first"
+    )
+    np.testing.assert_array_equal(first[0], index)
+    # Ties: first cell in row-major order.
+    index, _ = evaluation.peaks_from_maps(np.ones((1, 3, 3, 1)))
+    assert index.tolist() == [[[0, 0]]]
+
+
+def on_centres(index, rf=RF16):
+    """Landmarks `[x, y]` exactly on the RF centres of `index` (N, 2)."""
+    y, x = rf.centers(index[:, 0], index[:, 1])
+    return np.stack([x, y], axis=-1)
+
+
+def test_location_instability_perfect_filter_is_zero():
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, 14, (30, 1, 2))
+    value = rng.uniform(size=(30, 1))
+    landmarks = on_centres(index[:, 0])[:, None, :]
+    score = evaluation.location_instability(
+        index,
+        value,
+        landmarks,
+        np.ones((30, 1), bool),
+        image_size=224,
+        receptive_field=RF16,
+    )
+    assert score == 0.0
+
+
+def test_location_instability_known_shifts():
+    # Filter peaks at cell (3, 4): centre (y, x) = (56, 72). Landmark 0 is
+    # shifted by +3, -3, +5, -5 px in x: distances 3, 3, 5, 5, whose std
+    # (N - 1) is sqrt(((-1)^2 * 4) / 3) = sqrt(4 / 3). Landmark 1 sits 4 px
+    # below the centre in every image: std 0.
+    index = np.tile([[[3, 4]]], (4, 1, 1))
+    value = np.array([[4.0], [3.0], [2.0], [1.0]])
+    shifts = np.array([3.0, -3.0, 5.0, -5.0])
+    landmarks = np.zeros((4, 2, 2))
+    landmarks[:, 0] = np.stack([72.0 + shifts, np.full(4, 56.0)], axis=-1)
+    landmarks[:, 1] = [72.0, 60.0]
+    score, per_filter, per_landmark = evaluation.location_instability(
+        index,
+        value,
+        landmarks,
+        np.ones((4, 2), bool),
+        image_size=224,
+        receptive_field=RF16,
+        return_per_filter=True,
+    )
+    expected = math.sqrt(4.0 / 3.0) / DIAGONAL_224
+    np.testing.assert_allclose(per_landmark, [[expected, 0.0]], atol=1e-15)
+    np.testing.assert_allclose(per_filter, [expected / 2.0])
+    assert score == pytest.approx(expected / 2.0)
+    # Non-square images use their own diagonal sqrt(H^2 + W^2).
+    wide = evaluation.location_instability(
+        index,
+        value,
+        landmarks,
+        np.ones((4, 2), bool),
+        image_size=(224, 448),
+        receptive_field=RF16,
+    )
+    assert wide == pytest.approx(
+        math.sqrt(4.0 / 3.0) / math.hypot(224, 448) / 2.0
+    )
+
+
+def test_location_instability_top_k_uses_highest_peaks_only():
+    rng = np.random.default_rng(1)
+    n = 10
+    index = rng.integers(0, 14, (n, 2, 2))
+    value = np.zeros((n, 2))
+    value[:, 0] = np.arange(n)  # images 6..9 are filter 0's top 4
+    value[:, 1] = np.arange(n)[::-1]  # images 0..3 are filter 1's top 4
+    landmarks = on_centres(index[:, 0])[:, None, :].copy()
+    landmarks[:, 0, 0] += [0, 1, 2, 3, 4, 0, 0, 0, 0, 0]  # outliers low
+    # Filter 1 peaks elsewhere, except on its own top images.
+    index[:4, 1] = index[:4, 0]
+    visible = np.ones((n, 1), bool)
+    score, per_filter, _ = evaluation.location_instability(
+        index,
+        value,
+        landmarks,
+        visible,
+        image_size=224,
+        receptive_field=RF16,
+        top_k=4,
+        return_per_filter=True,
+    )
+    # Filter 0's top 4 (images 6..9) are exact; filter 1's top 4 (images
+    # 0..3) are 0, 1, 2, 3 px off: std sqrt(5/3).
+    np.testing.assert_allclose(
+        per_filter, [0.0, math.sqrt(5.0 / 3.0) / DIAGONAL_224]
+    )
+    everything = evaluation.location_instability(
+        index,
+        value,
+        landmarks,
+        visible,
+        image_size=224,
+        receptive_field=RF16,
+        top_k=n,
+    )
+    assert everything > score
+
+
+def test_location_instability_ignores_invisible_landmarks():
+    rng = np.random.default_rng(2)
+    index = rng.integers(0, 14, (8, 1, 2))
+    value = rng.uniform(size=(8, 1))
+    landmarks = on_centres(index[:, 0])[:, None, :].copy()
+    visible = np.ones((8, 1), bool)
+    # Far-off points, but marked invisible (CUB stores them as [0, 0]).
+    landmarks[[1, 4], 0] = 0.0
+    visible[[1, 4], 0] = False
+    score = evaluation.location_instability(
+        index,
+        value,
+        landmarks,
+        visible,
+        image_size=224,
+        receptive_field=RF16,
+    )
+    assert score == 0.0
+
+
+def test_location_instability_drops_filters_without_two_images():
+    index = np.zeros((3, 2, 2), int)
+    value = np.ones((3, 2))
+    landmarks = np.full((3, 2, 2), 8.0)
+    visible = np.ones((3, 2), bool)
+    visible[1:, 1] = False  # landmark 1 is visible in one image only
+    with pytest.warns(RuntimeWarning, match="no filter has at least 2"):
+        score, per_filter, per_landmark = evaluation.location_instability(
+            index,
+            value,
+            landmarks,
+            visible,
+            image_size=224,
+            receptive_field=RF16,
+            return_per_filter=True,
+        )
+    assert math.isnan(score)
+    assert np.isnan(per_filter).all()
+    np.testing.assert_array_equal(per_landmark[:, 0], [0.0, 0.0])
+
+
+def test_location_instability_invariant_to_image_order():
+    rng = np.random.default_rng(4)
+    n, f, k = 40, 6, 3
+    index = rng.integers(0, 14, (n, f, 2))
+    value = rng.uniform(size=(n, f))
+    landmarks = rng.uniform(0, 224, (n, k, 2))
+    visible = rng.uniform(size=(n, k)) > 0.2
+    kwargs = dict(image_size=224, receptive_field=RF16, top_k=15)
+    score = evaluation.location_instability(
+        index, value, landmarks, visible, **kwargs
+    )
+    order = rng.permutation(n)
+    permuted = evaluation.location_instability(
+        index[order], value[order], landmarks[order], visible[order], **kwargs
+    )
+    assert permuted == pytest.approx(score, rel=1e-12)
+    # Flat indices with map_shape give the same value.
+    flat = evaluation.location_instability(
+        index[..., 0] * 14 + index[..., 1],
+        value,
+        landmarks,
+        visible,
+        map_shape=(14, 14),
+        **kwargs,
+    )
+    assert flat == pytest.approx(score, rel=1e-12)
+
+
+def test_location_instability_multi_category_rules():
+    # Filter 0 fires exactly on the landmarks of category 0 and misses by
+    # 0, 2, 4 px on category 1; its activation is higher on category 1.
+    # The paper keeps the category with the lowest deviation (0), the
+    # authors' code the one with the highest mean activation (1).
+    index = np.zeros((6, 1, 2), int)
+    value = np.array([[1.0], [1.0], [1.0], [5.0], [5.0], [5.0]])
+    landmarks = np.full((6, 1, 2), 8.0)
+    landmarks[3:, 0, 0] += [0.0, 2.0, 4.0]
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    common = dict(image_size=224, receptive_field=RF16, labels=labels)
+    visible = np.ones((6, 1), bool)
+    paper = evaluation.location_instability(
+        index, value, landmarks, visible, **common
+    )
+    authors = evaluation.location_instability(
+        index, value, landmarks, visible, category_rule="activation", **common
+    )
+    assert paper == 0.0
+    assert authors == pytest.approx(2.0 / DIAGONAL_224)  # std(0, 2, 4) = 2
+
+
+def test_location_instability_errors():
+    index = np.zeros((3, 2, 2), int)
+    value = np.ones((3, 2))
+    landmarks = np.zeros((3, 1, 2))
+    visible = np.ones((3, 1), bool)
+    kwargs = dict(image_size=224, receptive_field=RF16)
+    with pytest.raises(ValueError, match="`top_k` must be an int >= 2.*1"):
+        evaluation.location_instability(
+            index, value, landmarks, visible, top_k=1, **kwargs
+        )
+    with pytest.raises(ValueError, match="`map_shape=\\(h, w\\)` is needed"):
+        evaluation.location_instability(
+            index[..., 0], value, landmarks, visible, **kwargs
+        )
+    with pytest.raises(ValueError, match="`visible` must have shape \\(3, 1\\)"):
+        evaluation.location_instability(
+            index, value, landmarks, visible[:2], **kwargs
+        )
+    with pytest.raises(ValueError, match="`image_size` must be.*-1"):
+        evaluation.location_instability(
+            index, value, landmarks, visible, image_size=-1, receptive_field=RF16
+        )
+    with pytest.raises(ValueError, match="`category_rule` must be.*'best'"):
+        evaluation.location_instability(
+            index, value, landmarks, visible, category_rule="best", **kwargs
+        )
+    with pytest.raises(ValueError, match="`receptive_field` must be"):
+        evaluation.location_instability(
+            index,
+            value,
+            landmarks,
+            visible,
+            image_size=224,
+            receptive_field=(16, 8.0),
+        )
+
+
+def pipeline_like_dataset(n=6, size=12, parts=2, batch=4, seed=0):
+    """Batches shaped like the data pipeline's (image 0..255, parts...)."""
+    rng = np.random.default_rng(seed)
+    data = {
+        "image": images(n, size, seed),
+        "label": rng.integers(0, 2, n).astype("int32"),
+        "parts": rng.uniform(0, size, (n, parts, 2)).astype("float32"),
+        "part_visible": rng.uniform(size=(n, parts)) > 0.3,
+        "part_mask": rng.integers(0, 3, (n, size, size)).astype("uint8"),
+    }
+    return tf.data.Dataset.from_tensor_slices(data).batch(batch), data
+
+
+@pytest.mark.parametrize("map", ["masked", "raw"])
+def test_collect_peaks_matches_full_maps(map):
+    model = small_interpretable_model()
+    dataset, data = pipeline_like_dataset()
+    peaks = evaluation.collect_peaks(
+        model, "conv6", dataset, map=map, preprocess=lambda x: x / 255.0
+    )
+    probe = evaluation.feature_map_model(model, "conv6", map)
+    maps = probe.predict_on_batch(data["image"] / 255.0)
+    index, value = evaluation.peaks_from_maps(maps)
+    np.testing.assert_array_equal(peaks.index, index)
+    np.testing.assert_allclose(peaks.value, value, rtol=1e-6)
+    np.testing.assert_array_equal(peaks.landmarks, data["parts"])
+    np.testing.assert_array_equal(peaks.visible, data["part_visible"])
+    np.testing.assert_array_equal(peaks.labels, data["label"])
+    assert peaks.image_size == (12, 12) and peaks.map_size == (10, 10)
+    score = evaluation.location_instability(
+        peaks.index,
+        peaks.value,
+        peaks.landmarks,
+        peaks.visible,
+        image_size=peaks.image_size,
+        receptive_field=evaluation.receptive_field(model, "conv6"),
+        top_k=4,
+    )
+    assert np.isfinite(score) and score > 0

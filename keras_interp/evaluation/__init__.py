@@ -6,5 +6,9 @@ feature-map cell `(i, j)` is centred on `receptive_field(...).offset +
 """
 
 from keras_interp.evaluation.feature_maps import feature_map_model
+from keras_interp.evaluation.location_instability import Peaks
+from keras_interp.evaluation.location_instability import collect_peaks
+from keras_interp.evaluation.location_instability import location_instability
+from keras_interp.evaluation.location_instability import peaks_from_maps
 from keras_interp.evaluation.receptive_field import ReceptiveField
 from keras_interp.evaluation.receptive_field import receptive_field
