@@ -43,7 +43,9 @@ def sparse_ce():
 def train_with_fit(initial, x, y, epochs=1):
     model = multi_worker.build_model()
     model.set_weights(initial)
-    model.compile(keras.optimizers.SGD(0.5), loss=sparse_ce())
+    model.compile(
+        keras.optimizers.SGD(multi_worker.LEARNING_RATE), loss=sparse_ce()
+    )
     history = model.fit(
         x,
         y,
@@ -60,7 +62,7 @@ def train_with_loop(initial, x, y, strategy=None, epochs=1, **kwargs):
     with strategy.scope():
         model = multi_worker.build_model()
         model.set_weights(initial)
-        optimizer = keras.optimizers.SGD(0.5)
+        optimizer = keras.optimizers.SGD(multi_worker.LEARNING_RATE)
     trainer = training.DistributedTrainer(
         model, optimizer, sparse_ce(), strategy=strategy
     )
