@@ -5,6 +5,7 @@ receptive field (RF) is checked against the support of the gradient of one
 output unit with respect to the input image.
 """
 
+import importlib
 import math
 import os
 
@@ -241,9 +242,7 @@ def test_receptive_field_backbone_as_layer_and_flat_graph():
     inputs = keras.Input((64, 64, 3))
     x = keras.layers.Rescaling(1.0 / 255)(inputs)
     x = vgg(x)
-    x = keras_interp.InterpretableConv2D(4, 3, padding="same", name="conv6")(
-        x
-    )
+    x = keras_interp.InterpretableConv2D(4, 3, padding="same", name="conv6")(x)
     nested = keras.Model(inputs, x)
     # conv6 (3x3 same, pad 1) on block5_pool (stride 32, offset 16, 212):
     # size 212 + 2 * 32 = 276, offset 16 + (1.5 - 1 - 0.5) * 32 = 16.
@@ -607,13 +606,20 @@ def test_location_instability_errors():
         evaluation.location_instability(
             index[..., 0], value, landmarks, visible, **kwargs
         )
-    with pytest.raises(ValueError, match="`visible` must have shape \\(3, 1\\)"):
+    with pytest.raises(
+        ValueError, match="`visible` must have shape \\(3, 1\\)"
+    ):
         evaluation.location_instability(
             index, value, landmarks, visible[:2], **kwargs
         )
     with pytest.raises(ValueError, match="`image_size` must be.*-1"):
         evaluation.location_instability(
-            index, value, landmarks, visible, image_size=-1, receptive_field=RF16
+            index,
+            value,
+            landmarks,
+            visible,
+            image_size=-1,
+            receptive_field=RF16,
         )
     with pytest.raises(ValueError, match="`category_rule` must be.*'best'"):
         evaluation.location_instability(
@@ -669,3 +675,252 @@ def test_collect_peaks_matches_full_maps(map):
         top_k=4,
     )
     assert np.isfinite(score) and score > 0
+
+
+# --- Part interpretability --------------------------------------------------
+
+RF4 = ReceptiveField((4, 4), (2.0, 2.0), (6, 6))
+
+
+def test_activation_thresholds_by_hand():
+    # 400 values 0..399, q = 0.01: m = floor(4) = 4 values may lie above
+    # T, so T is the 5th largest, 395.
+    maps = np.arange(400.0).reshape(4, 10, 10, 1)
+    np.testing.assert_array_equal(
+        evaluation.activation_thresholds(maps, quantile=0.01), [395.0]
+    )
+    # Per filter, 200 values, q = 0.005: m = 1, T is the 2nd largest (198
+    # for 0..199). A mostly-zero (post-ReLU) map gives T = 0.
+    two = np.zeros((2, 10, 10, 2))
+    two[0, 0, 0, 1] = 7.0
+    two[..., 0] = np.arange(200.0).reshape(2, 10, 10)
+    np.testing.assert_array_equal(
+        evaluation.activation_thresholds(two, quantile=0.005), [198.0, 0.0]
+    )
+
+
+def hand_part_case():
+    """4 images of 8x8, 2x2 maps (cell centres 2 and 6), 2 filters.
+
+    Filter 0 fires on cell (0, 0) in every image; filter 1 never fires.
+    With radius 2 px, a disc at (2, 2) holds the 12 pixels of the top-left
+    4x4 block whose centres are within 2 px (all but its 4 corners).
+    Part 1 is the top-left block in images 0-2 (IoU 12/16 = 0.75) and the
+    bottom-right block in image 3 (IoU 0). Part 2 is the top-right block
+    in images 0 and 1 (IoU 0).
+    """
+    maps = np.zeros((4, 2, 2, 2))
+    maps[:, 0, 0, 0] = 10.0
+    maps[:, 1, 1, 0] = [0.1, 0.2, 0.3, 0.4]
+    masks = np.zeros((4, 8, 8), "uint8")
+    masks[:3, :4, :4] = 1
+    masks[3, 4:, 4:] = 1
+    masks[:2, :4, 4:] = 2
+    return maps, masks
+
+
+def test_part_interpretability_by_hand():
+    maps, masks = hand_part_case()
+    # 16 values per filter, q = 0.25: m = 4 above T. Filter 0: T = 0.4
+    # (5th largest), so only the four 10s fire. Filter 1: all zero.
+    score, per_filter, per_part = evaluation.part_interpretability(
+        maps,
+        masks,
+        RF4,
+        quantile=0.25,
+        radius=2.0,
+        return_per_filter=True,
+    )
+    np.testing.assert_allclose(per_part, [[0.75, 0.0], [0.0, 0.0]])
+    np.testing.assert_allclose(per_filter, [0.75, 0.0])
+    assert score == pytest.approx(0.375)
+    # IoU 0.75 fails a 0.8 threshold.
+    strict = evaluation.part_interpretability(
+        maps, masks, RF4, quantile=0.25, radius=2.0, iou_threshold=0.8
+    )
+    assert strict == 0.0
+    # Scoring part 2 only: no filter matches it.
+    only_two = evaluation.part_interpretability(
+        maps, masks, RF4, quantile=0.25, radius=2.0, part_ids=[2]
+    )
+    assert only_two == 0.0
+
+
+def test_part_interpretability_multi_category():
+    maps, masks = hand_part_case()
+    # Filter 1 now fires on cell (1, 1) of images 2 and 3, more than
+    # filter 0 there. Images 0-1 are category 0, images 2-3 category 1.
+    # Mean map sums: filter 0, 10.15 (cat. 0) vs 10.35 (cat. 1); filter 1,
+    # 0 vs 25. Both filters are assigned to category 1.
+    maps[2:, 1, 1, 1] = [20.0, 30.0]
+    labels = np.array([0, 0, 1, 1])
+    _, per_filter, per_part = evaluation.part_interpretability(
+        maps,
+        masks,
+        RF4,
+        quantile=0.25,
+        radius=2.0,
+        labels=labels,
+        return_per_filter=True,
+    )
+    # Filter 0 on images 2, 3: part 1 hit in image 2 only -> 1/2; part 2
+    # absent there -> NaN. Filter 1 (disc at (6, 6)) hits part 1 in image 3.
+    np.testing.assert_allclose(per_part[0], [0.5, np.nan])
+    np.testing.assert_allclose(per_part[1], [0.5, np.nan])
+    np.testing.assert_allclose(per_filter, [0.5, 0.5])
+
+
+def brute_force_ious(maps, masks, thresholds, rf, radii, part_ids):
+    """Full-resolution union of discs, IoU per (image, filter, part)."""
+    n, h, w, f = maps.shape
+    height, width = masks.shape[1:]
+    py = np.arange(height)[:, None] + 0.5
+    px = np.arange(width)[None, :] + 0.5
+    ious = np.zeros((n, f, len(part_ids)))
+    for b in range(n):
+        for c in range(f):
+            region = np.zeros((height, width), bool)
+            for i, j in zip(*np.nonzero(maps[b, :, :, c] > thresholds[c])):
+                y, x = rf.centers(i, j)
+                d = ((py - y) / radii[0]) ** 2 + ((px - x) / radii[1]) ** 2
+                region |= d <= 1.0 + 1e-9
+            for k, part in enumerate(part_ids):
+                truth = masks[b] == part
+                union = (region | truth).sum()
+                inter = (region & truth).sum()
+                ious[b, c, k] = inter / union if union else 0.0
+    return ious
+
+
+@pytest.mark.parametrize(
+    "rf,radius",
+    [
+        (ReceptiveField((4, 4), (2.0, 2.0), (10, 10)), "cell"),
+        (ReceptiveField((3, 2), (1.5, 0.5), (9, 7)), 2.5),
+        (ReceptiveField((3, 2), (-0.5, 3.0), (9, 7)), "receptive_field"),
+        (ReceptiveField((1, 1), (0.5, 0.5), (1, 1)), 0.6),
+    ],
+)
+def test_part_iou_blocks_match_brute_force(rf, radius):
+    # The package re-exports the function under the module's name.
+    module = importlib.import_module(
+        "keras_interp.evaluation.part_interpretability"
+    )
+    rng = np.random.default_rng(5)
+    maps = rng.uniform(size=(3, 5, 6, 4))
+    masks = rng.integers(0, 4, (3, 13, 11)).astype("uint8")
+    masks[:, 4:9, 3:8] = 3  # one compact part, among noisy ones
+    thresholds = np.quantile(maps.reshape(-1, 4), 0.7, axis=0)
+    part_ids = np.array([1, 2, 3])
+    regions = module._Regions(rf, masks.shape[1:], maps.shape[1:3], radius)
+    iou, present = module._ious(maps, masks, thresholds, regions, part_ids)
+    radii = module._radii(rf, radius)
+    expected = brute_force_ious(maps, masks, thresholds, rf, radii, part_ids)
+    np.testing.assert_allclose(iou, expected, atol=1e-6)
+    assert present.all()
+    assert (expected > 0).any()
+
+
+def test_part_interpretability_streaming_equals_pure():
+    model = small_interpretable_model()
+    dataset, data = pipeline_like_dataset(n=7, batch=3)
+    # Part 1 is a fixed block, so some filters can match it.
+    data["part_mask"][:, 2:7, 2:7] = 1
+    dataset = tf.data.Dataset.from_tensor_slices(data).batch(3)
+    probe = evaluation.feature_map_model(model, "conv6")
+    maps = probe.predict_on_batch(data["image"] / 255.0)
+    rf = evaluation.receptive_field(model, "conv6")
+    kwargs = dict(quantile=0.05, radius=1.5, return_per_filter=True)
+    expected = evaluation.part_interpretability(
+        maps, data["part_mask"], rf, **kwargs
+    )
+    for num_images in (None, 7):
+        got = evaluation.collect_part_interpretability(
+            model,
+            "conv6",
+            dataset,
+            preprocess=lambda x: x / 255.0,
+            num_images=num_images,
+            **kwargs,
+        )
+        assert got[0] == pytest.approx(expected[0])
+        np.testing.assert_allclose(got[1], expected[1])
+        np.testing.assert_allclose(got[2], expected[2])
+    assert 0.0 < expected[0] <= 1.0
+    labelled = evaluation.collect_part_interpretability(
+        model,
+        "conv6",
+        dataset,
+        preprocess=lambda x: x / 255.0,
+        label_key="label",
+        **kwargs,
+    )
+    pure = evaluation.part_interpretability(
+        maps, data["part_mask"], rf, labels=data["label"], **kwargs
+    )
+    np.testing.assert_allclose(labelled[2], pure[2])
+    with pytest.raises(ValueError, match="one-shot iterator"):
+        evaluation.collect_part_interpretability(
+            model, "conv6", iter(dataset.as_numpy_iterator())
+        )
+
+
+def test_part_interpretability_errors():
+    maps, masks = hand_part_case()
+    with pytest.raises(ValueError, match="`quantile` must be in \\(0, 1\\)"):
+        evaluation.part_interpretability(maps, masks, RF4, quantile=5)
+    with pytest.raises(ValueError, match="`part_masks` must have shape \\(4,"):
+        evaluation.part_interpretability(maps, masks[:2], RF4)
+    with pytest.raises(ValueError, match="`radius` must be one of.*'big'"):
+        evaluation.part_interpretability(maps, masks, RF4, radius="big")
+    with pytest.raises(ValueError, match="`maps` must have shape"):
+        evaluation.part_interpretability(maps[0], masks, RF4)
+    with pytest.warns(RuntimeWarning, match="no image contains any"):
+        score = evaluation.part_interpretability(
+            maps, np.zeros_like(masks), RF4, part_ids=[1]
+        )
+    assert math.isnan(score)
+
+
+# --- Visualisation ----------------------------------------------------------
+
+
+def test_upsample_map_interpolates_between_rf_centres():
+    rf = ReceptiveField((4, 4), (2.0, 2.0), (6, 6))
+    ramp = np.array([[0.0, 4.0], [0.0, 4.0]])
+    up = evaluation.upsample_map(ramp, (8, 8), rf)
+    # x centres at 2 and 6; pixel centres 0.5..7.5: clamped to 0 up to
+    # pixel 1 (centre 1.5), then +1 per pixel, clamped to 4 from pixel 6.
+    np.testing.assert_allclose(up[3], [0.0, 0.0, 0.5, 1.5, 2.5, 3.5, 4.0, 4.0])
+    np.testing.assert_allclose(up, up[:1].repeat(8, axis=0))
+    # Without a receptive field the cells tile the image evenly.
+    np.testing.assert_allclose(evaluation.upsample_map(ramp, (8, 8)), up)
+
+
+def test_plot_top_images_writes_pngs(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(6)
+    pictures = rng.uniform(0, 255, (5, 32, 32, 3)).astype("float32")
+    maps = rng.uniform(size=(5, 4, 4, 3))
+    paths = evaluation.plot_top_images(
+        pictures,
+        maps,
+        [0, 2],
+        str(tmp_path / "grids"),
+        top_k=3,
+        receptive_field=ReceptiveField((8, 8), (4.0, 4.0), (12, 12)),
+    )
+    assert [os.path.basename(p) for p in paths] == [
+        "filter_0000.png",
+        "filter_0002.png",
+    ]
+    for path in paths:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        # 3 panels of 2.5 in at 100 dpi in one row.
+        assert image.shape[0] >= 200 and image.shape[1] >= 600
+        assert image.reshape(-1, 3).std(axis=0).max() > 10.0
+    with pytest.raises(ValueError, match="`filter_ids` must be in \\[0, 3\\)"):
+        evaluation.plot_top_images(pictures, maps, [3], str(tmp_path))
+    with pytest.raises(ValueError, match="same N"):
+        evaluation.plot_top_images(pictures[:2], maps, [0], str(tmp_path))

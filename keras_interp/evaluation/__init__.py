@@ -10,5 +10,12 @@ from keras_interp.evaluation.location_instability import Peaks
 from keras_interp.evaluation.location_instability import collect_peaks
 from keras_interp.evaluation.location_instability import location_instability
 from keras_interp.evaluation.location_instability import peaks_from_maps
+from keras_interp.evaluation.part_interpretability import activation_thresholds
+from keras_interp.evaluation.part_interpretability import (
+    collect_part_interpretability,
+)
+from keras_interp.evaluation.part_interpretability import part_interpretability
 from keras_interp.evaluation.receptive_field import ReceptiveField
 from keras_interp.evaluation.receptive_field import receptive_field
+from keras_interp.evaluation.visualize import plot_top_images
+from keras_interp.evaluation.visualize import upsample_map

@@ -286,7 +286,7 @@ def location_instability(
     labels: Any = None,
     category_rule: str = "deviation",
 ) -> Any:
-    """Location instability of a layer's filters (paper §5.2.2; lower is better).
+    """Location instability of filters (paper §5.2.2; lower is better).
 
     For each filter `f` and landmark `k`: among the images where `k` is
     visible, keep the `top_k` with the highest peak value of `f`; the

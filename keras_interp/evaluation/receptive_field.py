@@ -354,9 +354,7 @@ def _tensor_geometry(tensor, seeds, identity_layers) -> Any:
             continue
         history = getattr(current, "_keras_history", None)
         operation = None if history is None else history.operation
-        if operation is None or isinstance(
-            operation, keras.layers.InputLayer
-        ):
+        if operation is None or isinstance(operation, keras.layers.InputLayer):
             raise ValueError(
                 f"Tensor {current.name} is not connected to the model inputs "
                 "through its graph."
@@ -456,9 +454,7 @@ def receptive_field(
     seeds = {id(t): _identity() for t in top.inputs}
     geometry = None
     for depth, container in enumerate(containers):
-        child = (
-            containers[depth + 1] if depth + 1 < len(containers) else layer
-        )
+        child = containers[depth + 1] if depth + 1 < len(containers) else layer
         node = _graph.node_in(container, child)
         if child is layer:
             if len(node.output_tensors) != 1:

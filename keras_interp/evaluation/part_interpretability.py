@@ -1,0 +1,561 @@
+"""Part interpretability of filters (paper Section 5.2.1).
+
+Network Dissection (Bau et al., CVPR 2017) with the stricter IoU threshold
+of Zhang, Wu, Zhu, CVPR 2018, §5.2.1 (`method.md` §6.1; the authors released
+no code for it):
+
+1. `T_f`: the activation threshold with `p(x > T_f) = 0.005` over all
+   positions of all maps of filter `f`;
+2. every cell with `x > T_f` gets a round receptive field (a disc around its
+   RF centre in the image); the discs are OR-ed into the region `S_f^I`;
+3. `IoU_{f,k}^I = |S_f^I & S_k^I| / |S_f^I | S_k^I|` with the ground-truth
+   mask `S_k^I` of part `k`;
+4. `P_{f,k}` = fraction of the images containing part `k` with
+   `IoU > 0.2`; `P_f = max_k P_{f,k}`; the score is the mean of `P_f`.
+
+The paper does not give the disc radius. The default, `radius="cell"`, is
+half the diagonal of one cell (`stride / sqrt(2)`), the smallest disc that
+leaves no gap when every cell fires, close to what Network Dissection's
+upsample-then-threshold gives one isolated cell. `"receptive_field"` (half
+the theoretical RF size) and a radius in pixels are available.
+
+Pixels use the convention of `receptive_field`: pixel `k` covers `[k, k+1)`,
+and a pixel belongs to a disc when its centre does (boundary included).
+"""
+
+import math
+import warnings
+from typing import Any
+from typing import Callable
+
+import keras
+import numpy as np
+
+from keras_interp.evaluation import feature_maps as probes
+from keras_interp.evaluation.receptive_field import PIXEL_CENTER
+from keras_interp.evaluation.receptive_field import check_receptive_field
+
+# Paper §5.2.1, after Bau et al.: the top 0.5% of activations are "valid".
+DEFAULT_QUANTILE = 0.005
+# Paper §5.2.1: a filter matches a part when IoU > 0.2 (Bau et al.: 0.04).
+DEFAULT_IOU_THRESHOLD = 0.2
+RADII = ("cell", "receptive_field")
+# Part id 0 in the part masks is background.
+BACKGROUND_ID = 0
+# Absorbs float rounding in `q * n` and in the disc test at its boundary.
+_EPSILON = 1e-9
+# Upper bound on the float32 elements of one sliding-window block.
+_CHUNK_ELEMENTS = 1 << 23
+
+
+def _check_quantile(quantile: Any) -> float:
+    if (
+        isinstance(quantile, bool)
+        or not isinstance(quantile, (int, float))
+        or not 0.0 < quantile < 1.0
+    ):
+        raise ValueError(
+            "`quantile` must be in (0, 1): the fraction of activations above "
+            f"the threshold (paper: {DEFAULT_QUANTILE}). Received: "
+            f"quantile={quantile!r}."
+        )
+    return float(quantile)
+
+
+def _num_above(quantile: float, count: int) -> int:
+    """m = floor(q n): how many values may lie strictly above `T_f`."""
+    return int(math.floor(quantile * count + _EPSILON))
+
+
+class _TopValues:
+    """Keeps each filter's `m + 1` largest values, batch by batch."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.values = None
+
+    def update(self, maps: np.ndarray) -> None:
+        batch = np.moveaxis(maps, -1, 0).reshape(maps.shape[-1], -1)
+        values = (
+            batch
+            if self.values is None
+            else np.concatenate([self.values, batch], axis=1)
+        )
+        if values.shape[1] > self.keep:
+            kth = values.shape[1] - self.keep
+            values = np.partition(values, kth, axis=1)[:, kth:]
+        self.values = values
+
+    def thresholds(self) -> np.ndarray:
+        if self.values is None or self.values.shape[1] < self.keep:
+            raise ValueError(
+                "Fewer activations were seen than `num_images` implies; "
+                "pass the true number of images (or None to count them)."
+            )
+        return self.values.min(axis=1)
+
+
+def _maps4(maps: Any, name: str = "maps") -> np.ndarray:
+    maps = np.asarray(maps)
+    if maps.ndim != 4:
+        raise ValueError(
+            f"`{name}` must have shape (num_images, height, width, filters). "
+            f"Received shape {maps.shape}."
+        )
+    return maps
+
+
+def activation_thresholds(
+    maps: Any, *, quantile: float = DEFAULT_QUANTILE
+) -> np.ndarray:
+    """Per-filter thresholds `T_f` with `p(x > T_f) = quantile`.
+
+    `T_f` is the `(m + 1)`-th largest value of filter `f` over all positions
+    of all maps, `m = floor(quantile * N h w)`, so at most `m` values (and
+    exactly `m` without ties) lie strictly above it.
+
+    Args:
+        maps: `(N, h, w, F)` feature maps.
+        quantile: fraction above the threshold; 0.005 (paper, Bau et al.).
+
+    Returns:
+        `(F,)` thresholds.
+
+    Raises:
+        ValueError: for a non rank-4 `maps` or `quantile` outside (0, 1).
+
+    Example:
+
+    >>> maps = np.arange(400.0).reshape(4, 10, 10, 1)
+    >>> activation_thresholds(maps, quantile=0.01)  # m = 4: 399..396 above
+    array([395.])
+    """
+    maps = _maps4(maps)
+    quantile = _check_quantile(quantile)
+    n, h, w, _ = maps.shape
+    top = _TopValues(_num_above(quantile, n * h * w) + 1)
+    top.update(maps)
+    return top.thresholds()
+
+
+def _radii(rf, radius) -> tuple:
+    if radius == "cell":
+        return tuple(s / math.sqrt(2.0) for s in rf.stride)
+    if radius == "receptive_field":
+        return tuple(r / 2.0 for r in rf.size)
+    if (
+        isinstance(radius, (int, float))
+        and not isinstance(radius, bool)
+        and radius > 0
+        and math.isfinite(radius)
+    ):
+        return (float(radius), float(radius))
+    raise ValueError(
+        f"`radius` must be one of {RADII} or a positive number of pixels. "
+        f"Received: radius={radius!r}."
+    )
+
+
+class _Regions:
+    """Union of discs at the active cells, counted per block of pixels.
+
+    Pixel row `r = q sy + u` (block `q`, phase `u`) is within the disc of
+    cell row `i = q + di` iff its offset `u + 1/2 - cy - di sy` is; so the
+    cells that can cover a pixel depend only on its phase `(u, v)`. Phases
+    with the same neighbour pattern form a group `g`, and a pixel is in the
+    region iff `O_g[q, p] = OR of the active cells in pattern g around
+    (q, p)` is set. The IoU then needs only per-(group, block) pixel counts,
+    never the full-resolution region.
+    """
+
+    def __init__(self, rf, image_shape, map_shape, radius):
+        (sy, sx), (cy, cx) = rf.stride, rf.offset
+        ry, rx = _radii(rf, radius)
+        height, width = image_shape
+        self.map_shape = tuple(map_shape)
+        self.blocks = (-(-height // sy), -(-width // sx))
+        offsets = []
+        for s, c, rad in ((sy, cy, ry), (sx, cx, rx)):
+            low = math.ceil((PIXEL_CENTER - c - rad) / s)
+            high = math.floor((s - PIXEL_CENTER - c + rad) / s)
+            high = max(high, low)
+            cells = np.arange(low, high + 1)
+            phase = np.arange(s)
+            delta = phase[:, None] + PIXEL_CENTER - c - cells[None, :] * s
+            offsets.append((low, (delta / rad) ** 2))
+        (self.di_min, dy2), (self.dj_min, dx2) = offsets
+        inside = dy2[:, None, :, None] + dx2[None, :, None, :] <= 1 + _EPSILON
+        patterns = inside.reshape(sy * sx, -1)
+        unique, group = np.unique(patterns, axis=0, return_inverse=True)
+        group = group.reshape(sy, sx)
+        keep = unique.any(axis=1)
+        renumber = np.cumsum(keep) - 1
+        group = np.where(keep[group], renumber[group], -1)
+        self.kernels = (
+            unique[keep]
+            .reshape(-1, dy2.shape[1], dx2.shape[1])
+            .astype("float32")
+        )
+        groups, (hq, wp) = len(self.kernels), self.blocks
+        rows, cols = np.arange(height), np.arange(width)
+        g = group[(rows % sy)[:, None], (cols % sx)[None, :]]
+        flat = (g * hq + (rows // sy)[:, None]) * wp + (cols // sx)[None, :]
+        self.pixel_index = np.where(g >= 0, flat, -1)
+        self.size = groups * hq * wp
+        self.pixels = np.bincount(
+            self.pixel_index[self.pixel_index >= 0], minlength=self.size
+        ).astype("float32")
+
+    def covered(self, active: np.ndarray) -> np.ndarray:
+        """`(B, F, L)` float 0/1: block-group cells of each region."""
+        batch, h, w, filters = active.shape
+        groups, kh, kw = self.kernels.shape
+        hq, wp = self.blocks
+        out = np.zeros((batch, filters, groups, hq, wp), "float32")
+        if groups == 0:
+            return out.reshape(batch, filters, -1)
+        i0, i1 = max(0, self.di_min), min(h, hq + self.di_min + kh - 1)
+        j0, j1 = max(0, self.dj_min), min(w, wp + self.dj_min + kw - 1)
+        per_filter = batch * hq * wp * kh * kw
+        chunk = max(1, _CHUNK_ELEMENTS // max(per_filter, 1))
+        for start in range(0, filters, chunk):
+            stop = min(filters, start + chunk)
+            padded = np.zeros(
+                (batch, stop - start, hq + kh - 1, wp + kw - 1), "float32"
+            )
+            if i1 > i0 and j1 > j0:
+                part = active[:, i0:i1, j0:j1, start:stop]
+                padded[
+                    :,
+                    :,
+                    i0 - self.di_min : i1 - self.di_min,
+                    j0 - self.dj_min : j1 - self.dj_min,
+                ] = np.moveaxis(part, -1, 1)
+            windows = np.lib.stride_tricks.sliding_window_view(
+                padded, (kh, kw), axis=(2, 3)
+            )
+            hits = np.tensordot(windows, self.kernels, axes=([4, 5], [1, 2]))
+            out[:, start:stop] = np.moveaxis(hits > 0, -1, 2)
+        return out.reshape(batch, filters, -1)
+
+    def part_counts(self, masks: np.ndarray, part_ids: np.ndarray) -> tuple:
+        """Pixels of each part per block-group `(B, L, K)`, and areas."""
+        batch = masks.shape[0]
+        k = len(part_ids)
+        part = np.full(masks.shape, -1, "int64")
+        for position, part_id in enumerate(part_ids):
+            part[masks == part_id] = position
+        area = (
+            np.stack(
+                [(part == position).sum(axis=(1, 2)) for position in range(k)],
+                axis=-1,
+            ).astype("float32")
+            if k
+            else np.zeros((batch, 0), "float32")
+        )
+        index = np.broadcast_to(self.pixel_index, masks.shape)
+        valid = (part >= 0) & (index >= 0)
+        image = np.broadcast_to(np.arange(batch)[:, None, None], masks.shape)
+        flat = (image[valid] * k + part[valid]) * self.size + index[valid]
+        counts = np.bincount(flat, minlength=batch * k * self.size)
+        counts = counts.reshape(batch, k, self.size).astype("float32")
+        return np.moveaxis(counts, 1, 2), area
+
+
+def _ious(maps, masks, thresholds, regions, part_ids) -> tuple:
+    """IoU `(B, F, K)` of each filter's region with each part, and presence."""
+    covered = regions.covered(maps > thresholds)
+    counts, area = regions.part_counts(masks, part_ids)
+    inter = np.matmul(covered, counts)  # (B, F, K)
+    region = covered @ regions.pixels  # (B, F)
+    union = region[:, :, None] + area[:, None, :] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
+    return iou, area > 0
+
+
+class _Tally:
+    """Accumulates `1[IoU > threshold]` over the images containing a part."""
+
+    def __init__(self, filters, parts, threshold):
+        self.hits = np.zeros((filters, parts))
+        self.images = np.zeros((filters, parts))
+        self.threshold = threshold
+
+    def update(self, iou, present, in_category) -> None:
+        counted = present[:, None, :] & in_category[:, :, None]
+        self.hits += ((iou > self.threshold) & counted).sum(axis=0)
+        self.images += counted.sum(axis=0)
+
+    def result(self, return_per_filter):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_part = np.where(
+                self.images > 0, self.hits / self.images, np.nan
+            )
+        has_part = ~np.all(np.isnan(per_part), axis=1)
+        per_filter = np.full(per_part.shape[0], np.nan)
+        per_filter[has_part] = np.nanmax(per_part[has_part], axis=1)
+        if not has_part.any():
+            warnings.warn(
+                "part_interpretability: no image contains any of the parts; "
+                "returning NaN.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            score = float("nan")
+        else:
+            score = float(per_filter[has_part].mean())
+        if return_per_filter:
+            return score, per_filter, per_part
+        return score
+
+
+def _check_masks(part_masks, maps) -> np.ndarray:
+    masks = np.asarray(part_masks)
+    if masks.ndim != 3 or masks.shape[0] != maps.shape[0]:
+        raise ValueError(
+            f"`part_masks` must have shape ({maps.shape[0]}, height, width): "
+            "one part-id image per map, at the network input resolution. "
+            f"Received shape {masks.shape}."
+        )
+    return masks
+
+
+def _part_ids(part_ids, masks) -> np.ndarray:
+    if part_ids is None:
+        ids = np.unique(masks)
+        return ids[ids != BACKGROUND_ID]
+    ids = np.asarray(part_ids).reshape(-1)
+    if ids.size == 0:
+        raise ValueError(
+            "`part_ids` must list at least one part id. Received: "
+            f"part_ids={part_ids!r}."
+        )
+    return ids
+
+
+def _assignment(class_sums, class_counts) -> np.ndarray:
+    """`c_f = argmax_c mean_{I in c} sum x` (paper §5.2.1, multi-category)."""
+    mean = class_sums / np.maximum(class_counts, 1)[:, None]
+    return np.argmax(mean, axis=0)
+
+
+def part_interpretability(
+    maps: Any,
+    part_masks: Any,
+    receptive_field: Any,
+    *,
+    part_ids: Any = None,
+    labels: Any = None,
+    radius: Any = "cell",
+    quantile: float = DEFAULT_QUANTILE,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    return_per_filter: bool = False,
+    batch_size: int = 16,
+) -> Any:
+    """Part interpretability of filters (paper §5.2.1; higher is better).
+
+    See the module docstring for the definition. Images without part `k`
+    do not count for `P_{f,k}`; a filter whose images contain no part is
+    NaN and dropped from the mean.
+
+    Multi-category (`labels` given): each filter is first assigned to the
+    category `argmax_c mean_{I in c} sum_ij x` (paper §5.2.1) and evaluated
+    on that category's images only.
+
+    Args:
+        maps: `(N, h, w, F)` feature maps, after ReLU and mask (paper).
+        part_masks: `(N, H, W)` integer part ids per pixel of the network
+            input image (0 is background), e.g. VOC-Part merged masks.
+        receptive_field: the layer's `ReceptiveField`.
+        part_ids: the parts to score; default every non-zero id present.
+        labels: optional `(N,)` category labels (multi-category).
+        radius: disc radius: `"cell"` (default, `stride / sqrt(2)`),
+            `"receptive_field"` (half the theoretical RF size; slow for
+            large RFs, and usually covering most of the image), or pixels.
+        quantile: fraction of activations above `T_f` (0.005).
+        iou_threshold: IoU above which a filter matches a part (0.2).
+        return_per_filter: also return `P_f` `(F,)` and `P_{f,k}` `(F, K)`.
+        batch_size: images per vectorised block (memory only).
+
+    Returns:
+        The mean of `P_f` (float), or `(score, per_filter, per_part)`.
+
+    Raises:
+        ValueError: for inconsistent shapes or bad arguments.
+
+    Example:
+
+    >>> rf = ReceptiveField(stride=(4, 4), offset=(2.0, 2.0), size=(6, 6))
+    >>> maps = np.zeros((1, 2, 2, 1)); maps[0, 0, 0, 0] = 1.0
+    >>> masks = np.zeros((1, 8, 8), "uint8"); masks[0, :4, :4] = 1
+    >>> part_interpretability(maps, masks, rf, quantile=0.25, radius=2.0)
+    1.0
+    """
+    maps = _maps4(maps)
+    masks = _check_masks(part_masks, maps)
+    rf = check_receptive_field(receptive_field)
+    quantile = _check_quantile(quantile)
+    ids = _part_ids(part_ids, masks)
+    n, _, _, filters = maps.shape
+    thresholds = activation_thresholds(maps, quantile=quantile)
+    category = _categories(labels, maps.sum(axis=(1, 2)), n)
+    regions = _Regions(rf, masks.shape[1:], maps.shape[1:3], radius)
+    tally = _Tally(filters, len(ids), iou_threshold)
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        iou, present = _ious(
+            maps[start:stop], masks[start:stop], thresholds, regions, ids
+        )
+        tally.update(iou, present, category[start:stop])
+    return tally.result(return_per_filter)
+
+
+def _categories(labels, activation_sums, n) -> np.ndarray:
+    """`(N, F)` bool: image counts for the filter (its category's images)."""
+    filters = activation_sums.shape[1]
+    if labels is None:
+        return np.ones((n, filters), bool)
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise ValueError(
+            f"`labels` must have shape ({n},), one category per image. "
+            f"Received shape {labels.shape}."
+        )
+    classes, ids = np.unique(labels, return_inverse=True)
+    sums = np.zeros((len(classes), filters))
+    np.add.at(sums, ids, activation_sums)
+    assigned = _assignment(sums, np.bincount(ids, minlength=len(classes)))
+    return ids[:, None] == assigned[None, :]
+
+
+def collect_part_interpretability(
+    model: keras.Model,
+    layer_name: str,
+    dataset: Any,
+    *,
+    map: str = "masked",
+    image_key: str = "image",
+    mask_key: str = "part_mask",
+    label_key: Any = None,
+    preprocess: Callable = None,
+    part_ids: Any = None,
+    radius: Any = "cell",
+    quantile: float = DEFAULT_QUANTILE,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    return_per_filter: bool = False,
+    num_images: Any = None,
+    receptive_field: Any = None,
+) -> Any:
+    """`part_interpretability` over a dataset, in bounded memory.
+
+    Exact, not approximate: the threshold only needs each filter's
+    `floor(q N h w) + 1` largest values, which a first model pass keeps
+    (with the per-category activation sums for `label_key`); a second pass
+    scores the IoUs batch by batch. The number of images `N` must be known
+    up front, so without `num_images` the dataset is first iterated once
+    without the model to count it. `dataset` must therefore be re-iterable
+    (a `tf.data.Dataset` is).
+
+    Args:
+        model: the trained `keras.Model`.
+        layer_name: the evaluated layer (nested layers included).
+        dataset: batched dicts with `image_key` `(B, S, S, 3)` and
+            `mask_key` `(B, S, S)` part ids (0 background).
+        map: `"masked"` (default, paper) or `"raw"`; see
+            `feature_map_model`.
+        image_key, mask_key: dict keys.
+        label_key: key of category labels for the multi-category rule, or
+            None.
+        preprocess: optional function applied to images before the model.
+        part_ids, radius, quantile, iou_threshold, return_per_filter: as in
+            `part_interpretability`.
+        num_images: number of images in `dataset`, to skip the counting
+            pass.
+        receptive_field: the layer's `ReceptiveField`; default computed
+            with `receptive_field(model, layer_name)`.
+
+    Returns:
+        As `part_interpretability`.
+
+    Raises:
+        ValueError: for a one-shot iterator, missing keys, an empty
+            dataset, or the errors of `part_interpretability`.
+    """
+    from keras_interp.evaluation.receptive_field import (
+        receptive_field as compute_rf,
+    )
+
+    if iter(dataset) is dataset:
+        raise ValueError(
+            "`dataset` is a one-shot iterator, but this metric reads it "
+            "twice (threshold, then IoU). Pass a tf.data.Dataset or a list."
+        )
+    quantile = _check_quantile(quantile)
+    rf = check_receptive_field(
+        receptive_field
+        if receptive_field is not None
+        else compute_rf(model, layer_name)
+    )
+    probe = probes.feature_map_model(model, layer_name, map)
+    data_format = probes.layer_data_format(model, layer_name)
+
+    def batches():
+        for batch in probes.iterate_batches(dataset):
+            for key in (image_key, mask_key) + (
+                (label_key,) if label_key else ()
+            ):
+                if key not in batch:
+                    raise ValueError(
+                        f"Dataset batches must contain '{key}'. Received "
+                        f"keys {sorted(batch)}."
+                    )
+            images = np.asarray(batch[image_key])
+            inputs = images if preprocess is None else preprocess(images)
+            maps = np.asarray(probe.predict_on_batch(inputs))
+            yield batch, probes.to_channels_last(maps, data_format)
+
+    if num_images is None:
+        num_images = sum(
+            len(batch[image_key]) for batch in probes.iterate_batches(dataset)
+        )
+    if num_images < 1:
+        raise ValueError("`dataset` yielded no images.")
+    top = None
+    seen_ids, label_values, sums, map_shape = set(), [], [], None
+    for batch, maps in batches():
+        if top is None:
+            map_shape = maps.shape[1:3]
+            count = num_images * maps.shape[1] * maps.shape[2]
+            top = _TopValues(_num_above(quantile, count) + 1)
+        top.update(maps)
+        if part_ids is None:
+            seen_ids.update(np.unique(np.asarray(batch[mask_key])).tolist())
+        if label_key:
+            label_values.append(np.asarray(batch[label_key]))
+            sums.append(maps.sum(axis=(1, 2)))
+    thresholds = top.thresholds()
+    if part_ids is None:
+        ids = np.array(sorted(seen_ids - {BACKGROUND_ID}))
+    else:
+        ids = _part_ids(part_ids, None)
+    assigned = None
+    if label_key:
+        labels = np.concatenate(label_values)
+        classes, label_ids = np.unique(labels, return_inverse=True)
+        class_sums = np.zeros((len(classes), thresholds.shape[0]))
+        np.add.at(class_sums, label_ids, np.concatenate(sums))
+        assigned = classes[_assignment(class_sums, np.bincount(label_ids))]
+    regions = tally = None
+    for batch, maps in batches():
+        masks = np.asarray(batch[mask_key])
+        if regions is None:
+            regions = _Regions(rf, masks.shape[1:], map_shape, radius)
+            tally = _Tally(maps.shape[-1], len(ids), iou_threshold)
+        if assigned is None:
+            category = np.ones((len(maps), maps.shape[-1]), bool)
+        else:
+            batch_labels = np.asarray(batch[label_key])
+            category = batch_labels[:, None] == assigned[None, :]
+        iou, present = _ious(maps, masks, thresholds, regions, ids)
+        tally.update(iou, present, category)
+    return tally.result(return_per_filter)
