@@ -263,6 +263,44 @@ def test_receptive_field_backbone_as_layer_and_flat_graph():
     )
 
 
+def test_receptive_field_of_the_project_models():
+    from keras_interp.models.builders import build_part_classifier
+
+    # The training view feeds labels to the layers (labels=...), the
+    # inference view does not; both share "part_conv" and "top_mask".
+    views = build_part_classifier("tiny_vgg", num_classes=3, image_size=64)
+    for model in views:
+        # tiny_vgg: 4 blocks of two 3x3 'same' convs with 2x2 pools between:
+        # RF 5, 6, 14, 16, 32, 36, 68 at strides 1, 2, 2, 4, 4, 8, 8, and
+        # the 3x3 part_conv adds 2 * 8. Offsets 0.5 -> 1 -> 2 -> 4.
+        assert evaluation.receptive_field(model, "top_mask") == (
+            ReceptiveField((8, 8), (4.0, 4.0), (68, 68))
+        )
+        assert evaluation.receptive_field(model, "part_conv") == (
+            ReceptiveField((8, 8), (4.0, 4.0), (84, 84))
+        )
+    raw = evaluation.feature_map_model(views.training, "part_conv", "raw")
+    assert tuple(raw.output.shape) == (None, 8, 8, 128)
+
+
+@pytest.mark.parametrize(
+    "constructor,layer",
+    [
+        # Depthwise convs, asymmetric ZeroPadding, Add, ReLU6.
+        (keras.applications.MobileNetV2, "out_relu"),
+        # Patchify conv, depthwise 7x7, LayerScale, StochasticDepth, Dense.
+        (keras.applications.ConvNeXtTiny, None),
+    ],
+)
+def test_receptive_field_keras_applications_smoke(constructor, layer):
+    model = constructor(
+        weights=None, include_top=False, input_shape=(64, 64, 3)
+    )
+    rf = evaluation.receptive_field(model, layer or model.layers[-1].name)
+    assert rf.stride == (32, 32)
+    assert rf.size[0] > 64 and rf.offset[0] == rf.offset[1]
+
+
 def test_receptive_field_ops_and_squeeze_excitation_branch():
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)

@@ -103,6 +103,9 @@ _IDENTITY_OPS = frozenset(
         "TrueDivide",
     }
 )
+# Per-position helper layers of `keras.applications` (ConvNeXt), matched by
+# class name because they are not public API.
+_IDENTITY_CLASS_NAMES = frozenset({"LayerScale", "StochasticDepth"})
 # Marks a tensor with no spatial layout left (after global pooling): it is
 # broadcast over the map it is merged with and does not move the RF.
 _GLOBAL = "global"
@@ -197,7 +200,7 @@ def _window(layer, node, kernel, strides, dilation, padding) -> tuple:
     data_format = getattr(layer, "data_format", None) or (
         keras.config.image_data_format()
     )
-    sizes = _spatial_shape(node.input_tensors[0], data_format)
+    sizes = _spatial_shape(_map_inputs(layer, node)[0], data_format)
     axes = []
     for axis in range(2):
         k_eff = dilation[axis] * (kernel[axis] - 1) + 1
@@ -239,7 +242,7 @@ def _check_same_grid(layer: Any, node: Any) -> None:
         keras.config.image_data_format()
     )
     outputs = [_spatial_shape(t, data_format) for t in node.output_tensors]
-    for tensor in node.input_tensors:
+    for tensor in _map_inputs(layer, node):
         size = _spatial_shape(tensor, data_format)
         if size is None or size == (1, 1):
             continue
@@ -275,8 +278,24 @@ def _merge(layer: Any, geometries: list) -> Any:
     return tuple(axes)
 
 
+def _project_identity_types() -> tuple:
+    """This library's per-position layers, imported lazily (no cycles)."""
+    from keras_interp.layers import InterpretableMask
+
+    types = [InterpretableMask]
+    try:
+        from keras_interp.models.backbones import BackbonePreprocessing
+
+        types.append(BackbonePreprocessing)
+    except ImportError:  # pragma: no cover - models package not installed
+        pass
+    return tuple(types)
+
+
 def _is_identity(layer: Any, identity_layers: Sequence) -> bool:
-    if isinstance(layer, _IDENTITY_LAYERS):
+    if isinstance(layer, _IDENTITY_LAYERS + _project_identity_types()):
+        return True
+    if type(layer).__name__ in _IDENTITY_CLASS_NAMES:
         return True
     if not isinstance(layer, keras.layers.Layer):
         if type(layer).__name__ in _IDENTITY_OPS:
@@ -290,11 +309,29 @@ def _is_identity(layer: Any, identity_layers: Sequence) -> bool:
     return False
 
 
-def _interpretable_mask_type() -> tuple:
-    # Imported lazily: keras_interp/__init__ imports this package's parent.
-    from keras_interp.layers import InterpretableMask
+_WINDOW_LAYERS = _CONV_LAYERS + _POOL_LAYERS + _GLOBAL_LAYERS
+_SHIFT_LAYERS = (keras.layers.ZeroPadding2D, keras.layers.Cropping2D)
 
-    return (InterpretableMask,)
+
+def _map_inputs(operation: Any, node: Any) -> list:
+    """The node inputs that carry the feature map.
+
+    Keyword arguments (e.g. the `labels=` of the interpretable layers) never
+    do; single-map layers read only their first positional argument.
+    """
+    if not node.arguments.args:
+        return []
+    single = _WINDOW_LAYERS + _SHIFT_LAYERS + _project_identity_types()
+    args = (
+        node.arguments.args[:1]
+        if isinstance(operation, single)
+        else (node.arguments.args)
+    )
+    return [t for t in keras.tree.flatten(args) if _is_keras_tensor(t)]
+
+
+def _is_keras_tensor(value: Any) -> bool:
+    return isinstance(value, keras.KerasTensor)
 
 
 def _local_geometry(layer, node, inputs, identity_layers) -> Any:
@@ -326,9 +363,7 @@ def _local_geometry(layer, node, inputs, identity_layers) -> Any:
         return _compose(inputs[0], local)
     if isinstance(layer, _GLOBAL_LAYERS):
         return _GLOBAL
-    if _is_identity(layer, identity_layers) or isinstance(
-        layer, _interpretable_mask_type()
-    ):
+    if _is_identity(layer, identity_layers):
         _check_same_grid(layer, node)
         return _merge(layer, inputs)
     raise ValueError(
@@ -360,12 +395,13 @@ def _tensor_geometry(tensor, seeds, identity_layers) -> Any:
                 "through its graph."
             )
         node = operation._inbound_nodes[history.node_index]
-        pending = [t for t in node.input_tensors if id(t) not in memo]
+        map_inputs = _map_inputs(operation, node)
+        pending = [t for t in map_inputs if id(t) not in memo]
         if pending:
             stack.extend(pending)
             continue
         stack.pop()
-        inputs = [memo[id(t)] for t in node.input_tensors]
+        inputs = [memo[id(t)] for t in map_inputs]
         if _graph.is_nested_model(operation):
             inner = _graph.graph_of(operation)
             inner_seeds = {
@@ -407,7 +443,10 @@ def receptive_field(
       `out = ceil(in / s)`, using the static input size;
     * `ZeroPadding2D` / `Cropping2D` shift the grid by the top/left amount;
     * per-position layers (activations, normalisation, dropout, `Dense`,
-      `InterpretableMask`, elementwise `keras.ops`) are the identity;
+      `InterpretableMask`, `BackbonePreprocessing`, ConvNeXt's
+      `LayerScale`/`StochasticDepth`, elementwise `keras.ops`) are the
+      identity; keyword arguments such as the interpretable layers'
+      `labels=` are not part of the map;
     * merges (`Add`, `Concatenate`, ...) need the same stride on every
       branch; the merged cell's RF is the union (hull) of the branch RFs,
       i.e. the largest RF when the branch centres agree. Branches that went
