@@ -300,6 +300,12 @@ def location_instability(
     filters. (The authors divide the mean pixel std by the diagonal at the
     end; the std is linear, so this is the same number.)
 
+    The authors keep only images with exactly one annotated point per
+    landmark; here an object crop has one point, marked by `visible`. With
+    the masked (post-ReLU) maps a filter silent on an image peaks at 0 in
+    cell `(0, 0)`; such images rank last and enter the top `top_k` only
+    when fewer images activate the filter.
+
     Multi-category models (`labels` given): `D_f` is computed per category
     on its own images, and each filter keeps one category: the paper keeps
     the one with the lowest deviation (`category_rule="deviation"`,

@@ -27,6 +27,7 @@ import math
 import warnings
 from typing import Any
 from typing import Callable
+from typing import Iterator
 
 import keras
 import numpy as np
@@ -206,18 +207,22 @@ class _Regions:
             self.pixel_index[self.pixel_index >= 0], minlength=self.size
         ).astype("float32")
 
-    def covered(self, active: np.ndarray) -> np.ndarray:
-        """`(B, F, L)` float 0/1: block-group cells of each region."""
+    def covered(self, active: np.ndarray) -> Iterator[tuple]:
+        """Yields `(start, stop, covered)` for chunks of filters.
+
+        `covered` is `(B, stop - start, L)` float 0/1: whether each
+        block-group cell lies in the filter's region. Chunks bound memory.
+        """
         batch, h, w, filters = active.shape
         groups, kh, kw = self.kernels.shape
         hq, wp = self.blocks
-        out = np.zeros((batch, filters, groups, hq, wp), "float32")
         if groups == 0:
-            return out.reshape(batch, filters, -1)
+            yield 0, filters, np.zeros((batch, filters, 0), "float32")
+            return
         i0, i1 = max(0, self.di_min), min(h, hq + self.di_min + kh - 1)
         j0, j1 = max(0, self.dj_min), min(w, wp + self.dj_min + kw - 1)
-        per_filter = batch * hq * wp * kh * kw
-        chunk = max(1, _CHUNK_ELEMENTS // max(per_filter, 1))
+        per_filter = batch * hq * wp * max(kh * kw, groups)
+        chunk = max(1, _CHUNK_ELEMENTS // per_filter)
         for start in range(0, filters, chunk):
             stop = min(filters, start + chunk)
             padded = np.zeros(
@@ -235,8 +240,8 @@ class _Regions:
                 padded, (kh, kw), axis=(2, 3)
             )
             hits = np.tensordot(windows, self.kernels, axes=([4, 5], [1, 2]))
-            out[:, start:stop] = np.moveaxis(hits > 0, -1, 2)
-        return out.reshape(batch, filters, -1)
+            covered = np.moveaxis(hits > 0, -1, 2).astype("float32")
+            yield start, stop, covered.reshape(batch, stop - start, -1)
 
     def part_counts(self, masks: np.ndarray, part_ids: np.ndarray) -> tuple:
         """Pixels of each part per block-group `(B, L, K)`, and areas."""
@@ -264,10 +269,13 @@ class _Regions:
 
 def _ious(maps, masks, thresholds, regions, part_ids) -> tuple:
     """IoU `(B, F, K)` of each filter's region with each part, and presence."""
-    covered = regions.covered(maps > thresholds)
     counts, area = regions.part_counts(masks, part_ids)
-    inter = np.matmul(covered, counts)  # (B, F, K)
-    region = covered @ regions.pixels  # (B, F)
+    batch, filters = maps.shape[0], maps.shape[-1]
+    inter = np.zeros((batch, filters, len(part_ids)), "float32")
+    region = np.zeros((batch, filters), "float32")
+    for start, stop, covered in regions.covered(maps > thresholds):
+        inter[:, start:stop] = np.matmul(covered, counts)
+        region[:, start:stop] = covered @ regions.pixels
     union = region[:, :, None] + area[:, None, :] - inter
     iou = np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
     return iou, area > 0

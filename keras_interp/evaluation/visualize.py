@@ -6,15 +6,20 @@ from typing import Sequence
 
 import numpy as np
 
+from keras_interp.evaluation.receptive_field import PIXEL_CENTER
 from keras_interp.evaluation.receptive_field import ReceptiveField
 from keras_interp.evaluation.receptive_field import check_receptive_field
 
 # Images: pixel values above this are taken as 0..255, else as 0..1.
 _UNIT_RANGE_MAX = 1.0
 _UINT8_MAX = 255.0
-# Panel edge in inches and panels per row, for the saved grids.
+# Layout of the saved grids: panel edge (inches), panels per row, font
+# sizes (points) and the size of the peak marker.
 PANEL_INCHES = 2.5
 MAX_COLUMNS = 4
+TITLE_FONT_SIZE = 8
+SUPTITLE_FONT_SIZE = 10
+PEAK_MARKER_SIZE = 10
 
 
 def _even_grid(image_shape, map_shape) -> ReceptiveField:
@@ -56,8 +61,8 @@ def upsample_map(
     else:
         rf = check_receptive_field(receptive_field)
     ys, xs = rf.centers(np.arange(values.shape[0]), np.arange(values.shape[1]))
-    rows = np.arange(height) + 0.5
-    cols = np.arange(width) + 0.5
+    rows = np.arange(height) + PIXEL_CENTER
+    cols = np.arange(width) + PIXEL_CENTER
     along_x = np.stack([np.interp(cols, xs, row) for row in values])
     return np.stack(
         [np.interp(rows, ys, along_x[:, c]) for c in range(width)], axis=1
@@ -168,10 +173,17 @@ def plot_top_images(
             )
             y, x = rf.centers(row, col)
             # imshow puts pixel k's centre at k; ours is at k + 0.5.
-            axis.plot(x - 0.5, y - 0.5, "w+", markersize=10)
-            axis.set_title(f"image {n}: {peaks[n]:.3g}", fontsize=8)
+            axis.plot(
+                x - PIXEL_CENTER,
+                y - PIXEL_CENTER,
+                "w+",
+                markersize=PEAK_MARKER_SIZE,
+            )
+            axis.set_title(
+                f"image {n}: {peaks[n]:.3g}", fontsize=TITLE_FONT_SIZE
+            )
             axis.axis("off")
-        figure.suptitle(f"filter {f}", fontsize=10)
+        figure.suptitle(f"filter {f}", fontsize=SUPTITLE_FONT_SIZE)
         figure.tight_layout()
         path = os.path.join(out_dir, f"filter_{f:04d}.png")
         figure.savefig(path)
