@@ -936,6 +936,8 @@ def test_upsample_map_interpolates_between_rf_centres():
 
 
 def test_plot_top_images_writes_pngs(tmp_path):
+    # matplotlib is an optional dependency, needed only for the plots.
+    pytest.importorskip("matplotlib")
     from PIL import Image
 
     rng = np.random.default_rng(6)
