@@ -212,8 +212,10 @@ class DistributedTrainer:
         """Trains for `epochs` epochs and returns a `keras.callbacks.History`.
 
         Args:
-            dataset: `tf.data.Dataset` of `(x, y)` global batches; it is
-                iterated once per epoch (or for `steps_per_epoch` steps).
+            dataset: `tf.data.Dataset` of `(x, y)` global batches, iterated
+                once per epoch (or for `steps_per_epoch` steps); or a
+                function `epoch -> Dataset` giving each epoch its own data
+                (deterministic per epoch, so a resumed run is identical).
             epochs: int, the total number of epochs.
             steps_per_epoch: int or None (one pass over `dataset`).
             callbacks: list of `keras.callbacks.Callback`.
@@ -222,10 +224,11 @@ class DistributedTrainer:
             verbose: 0 (silent) or 1 (a progress bar).
         """
         tf = _tf()
-        global_batch = dataset.element_spec[1].shape[0]
-        distributed = split_global_batches(dataset, self.strategy)
+        epoch_data = dataset if callable(dataset) else (lambda epoch: dataset)
+        first = epoch_data(0)
+        global_batch = first.element_spec[1].shape[0]
         if steps_per_epoch is None:
-            steps_per_epoch = int(dataset.cardinality())
+            steps_per_epoch = int(first.cardinality())
             if steps_per_epoch < 0:
                 raise ValueError(
                     "`steps_per_epoch` is required for a dataset of unknown "
@@ -255,6 +258,7 @@ class DistributedTrainer:
             for metric in self._tracked_metrics():
                 metric.reset_state()
             callbacks.on_epoch_begin(epoch)
+            distributed = split_global_batches(epoch_data(epoch), self.strategy)
             iterator = iter(distributed)
             for batch in range(steps_per_epoch):
                 callbacks.on_train_batch_begin(batch)

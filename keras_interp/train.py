@@ -1,0 +1,542 @@
+"""Train and evaluate an interpretable (or ordinary) CNN on CUB-format data.
+
+`train_and_evaluate(config)` is what `examples/train_cub.py` runs; it is a
+plain function of a `TrainConfig`, so tests and notebooks call it directly.
+It reads a CUB_200_2011-format folder (the embedded synthetic part dataset
+by default), builds the paper's model with `models.build_part_classifier`,
+trains it under the chosen `tf.distribute` strategy with TensorBoard logging
+and epoch checkpoints it can resume from, then reports accuracy, the filter
+loss and location instability, and saves the image-only model as `.keras`.
+
+TensorFlow backend only (tf.data, tf.distribute, tf.summary).
+"""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Optional
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from keras_interp import callbacks as callbacks_lib
+from keras_interp import data as data_lib
+from keras_interp import evaluation
+from keras_interp import models
+from keras_interp import training
+
+TASKS = ("multi", "single")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+LR_SCHEDULES = ("constant", "cosine", "paper")
+PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
+# The authors' CUB landmarks (`showResults.m`, part ids 1, 6, 14): back,
+# forehead (standing in for the head) and tail (method.md §6.2).
+CUB_EVAL_PARTS = ("back", "forehead", "tail")
+# Paper §5.2.2: the top-100 images per filter and landmark.
+TOP_K = 100
+# The authors' single-category schedule: lr falls 10x, log-linearly, over the
+# first 10 epochs, then stays (`network_init.m`: logspace(-4, -5, 10)).
+PAPER_DECAY_EPOCHS = 10
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of a run; `examples/train_cub.py` maps flags onto it.
+
+    Attributes:
+        data_dir: extracted `CUB_200_2011` folder (or its parent), or a TFDS
+            data dir with `data_source="tfds"`. None: the embedded synthetic
+            part dataset, generated into the cache on first use.
+        data_source: `"cub"` (a CUB-format folder) or `"tfds"` (an already
+            prepared `caltech_birds2011`; it has no part landmarks).
+        task: `"multi"`: classify the classes; `"single"`: the paper's
+            single-category task, objects vs. background images from
+            `negatives_dir`.
+        negatives_dir: folder of background images for `task="single"`;
+            default `<data_dir>/negatives`.
+        backbone: a `models.BACKBONES` name.
+        weights: local backbone weights file, or None.
+        image_size: square input size.
+        crop_to_box: crop objects to their bounding box (the paper does).
+        batch_size: global batch size.
+        epochs: number of epochs.
+        steps_per_epoch: training steps per epoch; None: one pass.
+        learning_rate: initial SGD learning rate.
+        lr_schedule: `"cosine"`, `"constant"` or `"paper"` (10x log-linear
+            decay over 10 epochs, then constant).
+        momentum: SGD momentum (the authors: 0.9).
+        interpretable: build the interpretable model, or the ordinary one.
+        loss, loss_weight, loss_weight_decay, beta, center: the
+            interpretable layers' arguments.
+        strategy: `"default"`, `"mirrored"` or `"multi_worker"` (a custom
+            loop; needs `TF_CONFIG`).
+        mixed_precision: None, `"mixed_float16"` or `"mixed_bfloat16"`.
+        model_dir: where checkpoints, the final `model.keras` and
+            `results.json` go.
+        logdir: TensorBoard directory; default `<model_dir>/logs`.
+        resume: continue from the checkpoint in `model_dir`, if any.
+        parts: landmark names for location instability; default: the
+            authors' back/forehead/tail when present, else every part.
+        eval_map: `"masked"` (paper) or `"raw"` (authors' code).
+        cache_dir: where the synthetic dataset is generated.
+        seed: seed of initialisation, shuffling and augmentation.
+        verbose: Keras verbosity.
+    """
+
+    data_dir: Optional[str] = None
+    data_source: str = "cub"
+    task: str = "multi"
+    negatives_dir: Optional[str] = None
+    backbone: str = "tiny_vgg"
+    weights: Optional[str] = None
+    image_size: int = 64
+    crop_to_box: bool = True
+    batch_size: int = 16
+    epochs: int = 30
+    steps_per_epoch: Optional[int] = None
+    learning_rate: float = 0.05
+    lr_schedule: str = "cosine"
+    momentum: float = 0.9
+    interpretable: bool = True
+    loss: str = "mutual_information"
+    loss_weight: Optional[float] = None
+    loss_weight_decay: Optional[str] = None
+    beta: float = 4.0
+    center: str = "argmax"
+    strategy: str = "default"
+    mixed_precision: Optional[str] = None
+    model_dir: str = "runs/train_cub"
+    logdir: Optional[str] = None
+    resume: bool = True
+    parts: Optional[Sequence[str]] = None
+    eval_map: str = "masked"
+    cache_dir: Optional[str] = None
+    seed: int = 0
+    verbose: int = 1
+
+    def validate(self):
+        """Raises a ValueError naming the first bad setting."""
+        choices = {
+            "task": TASKS,
+            "strategy": STRATEGIES,
+            "lr_schedule": LR_SCHEDULES,
+            "mixed_precision": PRECISIONS,
+            "data_source": ("cub", "tfds"),
+            "eval_map": ("masked", "raw"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"`{name}` must be one of {allowed}. Received: "
+                    f"{name}={getattr(self, name)!r}."
+                )
+        for name in ("image_size", "batch_size", "epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"`{name}` must be a positive int. Received: "
+                    f"{name}={value!r}."
+                )
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(
+                "`steps_per_epoch` must be a positive int or None. Received: "
+                f"{self.steps_per_epoch!r}."
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(
+                "`learning_rate` must be positive. Received: "
+                f"{self.learning_rate!r}."
+            )
+        return self
+
+
+@keras.saving.register_keras_serializable(package="keras_interp")
+class LogLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Learning rate falling log-linearly by `factor`, then constant.
+
+    `lr(step) = initial * factor ** min(step / decay_steps, 1)`; with
+    `factor=0.1` over 10 epochs this is the authors' `logspace(-4, -5, 10)`
+    shape (`network_init.m`).
+    """
+
+    def __init__(self, initial_learning_rate, decay_steps, factor=0.1):
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.decay_steps = int(decay_steps)
+        self.factor = float(factor)
+
+    def __call__(self, step):
+        progress = keras.ops.minimum(
+            keras.ops.cast(step, "float32") / self.decay_steps, 1.0
+        )
+        return self.initial_learning_rate * keras.ops.power(
+            self.factor, progress
+        )
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "factor": self.factor,
+        }
+
+
+def make_strategy(name):
+    """The `tf.distribute` strategy called `name`."""
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if "TF_CONFIG" not in os.environ:
+        raise ValueError(
+            "`strategy='multi_worker'` needs the TF_CONFIG environment "
+            "variable describing the cluster and this worker's task. See "
+            "README, 'Scaling out'."
+        )
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _learning_rate(config, steps_per_epoch):
+    total = config.epochs * steps_per_epoch
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=max(total, 1)
+        )
+    return LogLinearDecay(
+        config.learning_rate, PAPER_DECAY_EPOCHS * steps_per_epoch
+    )
+
+
+def _load_data(config):
+    """The train/test source: an index (CUB format) or a TFDS loader."""
+    if config.data_source == "tfds":
+        if not config.data_dir:
+            raise ValueError(
+                "`data_source='tfds'` needs `data_dir`: the TFDS data dir "
+                "that holds a prepared caltech_birds2011."
+            )
+        return None, config.data_dir, None
+    data_dir = config.data_dir or data_lib.default_data_dir(config.cache_dir)
+    index = data_lib.read_cub(data_dir)
+    negatives = None
+    if config.task == "single":
+        folder = config.negatives_dir or os.path.join(
+            index.data_dir, "negatives"
+        )
+        if not os.path.isdir(folder):
+            raise ValueError(
+                "`task='single'` needs background images: pass "
+                "`negatives_dir` (a folder of .jpg/.png images). "
+                f"Not found: {folder!r}."
+            )
+        negatives = data_lib.read_negatives(folder)
+    return index, data_dir, negatives
+
+
+def _dataset(config, source, split, *, training, seed=0, parts=True):
+    index, data_dir, negatives = source
+    kwargs = dict(
+        split=split,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        crop_to_box=config.crop_to_box,
+        augment=training,
+        shuffle=training,
+        seed=seed,
+        drop_remainder=training,
+    )
+    if index is None:
+        return data_lib.load_tfds_cub(data_dir, include_parts=False, **kwargs)
+    return data_lib.make_dataset(
+        index, negatives=negatives, include_parts=parts, **kwargs
+    )
+
+
+def _to_inputs(batch):
+    return {"image": batch["image"], "label": batch["label"]}, batch["label"]
+
+
+def _epoch_dataset(config, source, epoch, steps_per_epoch):
+    """Epoch `epoch`'s batches, always the same: seeded by (seed, epoch).
+
+    This makes a resumed run identical to an uninterrupted one: the
+    checkpoint restores the weights at the end of an epoch, and the data
+    restart at the next epoch's own shuffle and flips.
+    """
+    seed = config.seed * 100_003 + epoch
+    ds = _dataset(config, source, "train", training=True, seed=seed)
+    return ds.map(_to_inputs).repeat().take(steps_per_epoch)
+
+
+def _training_stream(config, source, initial_epoch, steps_per_epoch):
+    """The epochs `initial_epoch..epochs-1` one after another (for `fit`)."""
+    stream = None
+    for epoch in range(initial_epoch, config.epochs):
+        ds = _epoch_dataset(config, source, epoch, steps_per_epoch)
+        stream = ds if stream is None else stream.concatenate(ds)
+    return stream
+
+
+class _SeedStateBackup(keras.callbacks.Callback):
+    """Saves and restores the random-seed states that `save_weights` skips.
+
+    Keras' `BackupAndRestore` restores weights and optimizer, but not the
+    `SeedGenerator` states of layers such as Dropout, so a resumed run would
+    draw other dropout masks. They are written per epoch, next to the
+    backup, and restored for the epoch the backup restores.
+    """
+
+    def __init__(self, backup_dir, initial_epoch):
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.initial_epoch = initial_epoch
+
+    def _states(self):
+        return [
+            v for v in self.model.variables if v.name == "seed_generator_state"
+        ]
+
+    def _path(self, epoch):
+        return os.path.join(self.backup_dir, f"seed_states_{epoch}.npz")
+
+    def on_train_begin(self, logs=None):
+        if self.initial_epoch and os.path.isfile(
+            self._path(self.initial_epoch)
+        ):
+            saved = np.load(self._path(self.initial_epoch))
+            for i, variable in enumerate(self._states()):
+                variable.assign(saved[f"s{i}"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        np.savez(
+            self._path(epoch + 1),
+            **{f"s{i}": v.numpy() for i, v in enumerate(self._states())},
+        )
+
+
+def _resume_epoch(backup_dir):
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f)["epoch"])
+
+
+def _eval_parts(index, names):
+    """Indices of the landmarks used for location instability."""
+    if index is None or not index.has_parts:
+        return None
+    available = [str(n) for n in index.part_names]
+    if names:
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise ValueError(
+                f"`parts` {missing} are not landmarks of this dataset. "
+                f"Available: {available}."
+            )
+        return [available.index(n) for n in names]
+    if all(n in available for n in CUB_EVAL_PARTS):
+        return [available.index(n) for n in CUB_EVAL_PARTS]
+    return list(range(len(available)))
+
+
+def evaluate_model(model, dataset, *, parts=None, eval_map="masked"):
+    """Accuracy, and location instability of the "part_conv" filters.
+
+    Args:
+        model: the image-only model (`PartClassifier.inference`).
+        dataset: batched dicts with `image`, `label` and, for the
+            instability, `parts` and `part_visible`.
+        parts: landmark indices to evaluate, or None to skip instability.
+        eval_map: `"masked"` or `"raw"` (see `evaluation.collect_peaks`).
+
+    Returns:
+        A dict with `accuracy`, `num_images` and, with parts,
+        `location_instability` and `num_filters_evaluated`.
+    """
+    correct = total = 0
+    for batch in dataset.as_numpy_iterator():
+        logits = model.predict_on_batch(batch["image"])
+        correct += int(np.sum(np.argmax(logits, -1) == batch["label"]))
+        total += len(batch["label"])
+    results = {"accuracy": correct / max(total, 1), "num_images": total}
+    if parts is None:
+        return results
+    peaks = evaluation.collect_peaks(
+        model, models.PART_CONV, dataset, map=eval_map
+    )
+    field = evaluation.receptive_field(model, models.PART_CONV)
+    value, per_filter, _ = evaluation.location_instability(
+        peaks.index,
+        peaks.value,
+        peaks.landmarks[:, parts],
+        peaks.visible[:, parts],
+        image_size=peaks.image_size,
+        receptive_field=field,
+        top_k=TOP_K,
+        return_per_filter=True,
+    )
+    results["location_instability"] = float(value)
+    results["num_filters_evaluated"] = int(np.sum(np.isfinite(per_filter)))
+    return results
+
+
+def train_and_evaluate(config: TrainConfig) -> dict:
+    """Runs one experiment end to end; returns (and saves) its results.
+
+    Args:
+        config: a `TrainConfig`.
+
+    Returns:
+        A dict with the dataset sizes, final training metrics, the test
+        accuracy, the filter losses and (with landmarks) the location
+        instability. It is also written to `<model_dir>/results.json`.
+    """
+    config.validate()
+    start = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.config.set_dtype_policy(config.mixed_precision)
+    strategy = make_strategy(config.strategy)
+    source = _load_data(config)
+    index, data_dir, negatives = source
+    if index is None:
+        num_classes = 200  # caltech_birds2011
+        sizes = {"train": "tfds", "test": "tfds"}
+    else:
+        num_classes = 2 if config.task == "single" else index.num_classes
+        sizes = {
+            split: data_lib.dataset_sizes(
+                index, split=split, negatives=negatives
+            )["examples"]
+            for split in ("train", "test")
+        }
+    steps = config.steps_per_epoch
+    if steps is None:
+        if index is None:
+            raise ValueError("Pass `steps_per_epoch` with TFDS data.")
+        steps = max(sizes["train"] // config.batch_size, 1)
+    print(
+        f"data: {data_dir} ({config.task}-category, {num_classes} classes); "
+        f"train {sizes['train']} / test {sizes['test']} images"
+    )
+    with strategy.scope():
+        built = models.build_part_classifier(
+            config.backbone,
+            num_classes=num_classes,
+            image_size=config.image_size,
+            weights=config.weights,
+            interpretable=config.interpretable,
+            background_class=0 if config.task == "single" else None,
+            loss=config.loss,
+            loss_weight=config.loss_weight,
+            loss_weight_decay=config.loss_weight_decay,
+            beta=config.beta,
+            center=config.center,
+            seed=config.seed,
+        )
+        optimizer = keras.optimizers.SGD(
+            _learning_rate(config, steps), momentum=config.momentum
+        )
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    kind = "interpretable" if config.interpretable else "ordinary"
+    print(
+        f"model: {config.backbone} ({kind}), "
+        f"{built.inference.count_params():,} parameters, input "
+        f"{config.image_size}px; strategy: {config.strategy} "
+        f"({strategy.num_replicas_in_sync} replica(s)); precision: "
+        f"{config.mixed_precision or 'float32'}"
+    )
+    os.makedirs(config.model_dir, exist_ok=True)
+    logdir = config.logdir or os.path.join(config.model_dir, "logs")
+    backup_dir = os.path.join(config.model_dir, "backup")
+    initial_epoch = _resume_epoch(backup_dir) if config.resume else 0
+    if initial_epoch:
+        print(f"resuming from the end of epoch {initial_epoch}")
+    probe = next(
+        iter(_dataset(config, source, "test", training=False, parts=False))
+    )["image"][:4]
+    callbacks = [
+        callbacks_lib.FilterLossEpoch(),
+        keras.callbacks.TensorBoard(
+            logdir, update_freq=max(1, steps // 4), write_graph=False
+        ),
+        callbacks_lib.InterpretabilityLogger(
+            os.path.join(logdir, "interpretability"),
+            built.inference,
+            probe.numpy(),
+        ),
+    ]
+    history = {}
+    if config.strategy == "multi_worker":
+        with strategy.scope():
+            built.training.compile(optimizer, loss=loss)
+        trainer = training.DistributedTrainer(
+            built.training, optimizer, loss, strategy=strategy
+        )
+        history = trainer.fit(
+            lambda epoch: _epoch_dataset(config, source, epoch, steps),
+            epochs=config.epochs,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            checkpoint_dir=os.path.join(config.model_dir, "checkpoints"),
+            verbose=config.verbose,
+        ).history
+    elif initial_epoch < config.epochs:
+        with strategy.scope():
+            built.training.compile(optimizer, loss=loss, metrics=["accuracy"])
+            optimizer.build(built.training.trainable_variables)
+        # Seed states are written before the backup marks the epoch done.
+        callbacks.append(_SeedStateBackup(backup_dir, initial_epoch))
+        callbacks.append(
+            keras.callbacks.BackupAndRestore(
+                backup_dir, delete_checkpoint=False
+            )
+        )
+        stream = _training_stream(config, source, initial_epoch, steps)
+        history = built.training.fit(
+            stream,
+            epochs=config.epochs,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            shuffle=False,  # The stream is already shuffled, per epoch.
+            verbose=config.verbose,
+        ).history
+    test = _dataset(config, source, "test", training=False)
+    parts = _eval_parts(index, config.parts)
+    results = {
+        "config": dataclasses.asdict(config),
+        "dataset_sizes": sizes,
+        "final_train_logs": {k: float(v[-1]) for k, v in history.items()},
+    }
+    results.update(
+        evaluate_model(
+            built.inference, test, parts=parts, eval_map=config.eval_map
+        )
+    )
+    path = os.path.join(config.model_dir, "model.keras")
+    built.inference.save(path)
+    results["model_path"] = path
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    with open(os.path.join(config.model_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    summary = {
+        key: results[key]
+        for key in ("accuracy", "location_instability", "num_images")
+        if key in results
+    }
+    summary.update(
+        {
+            key: value
+            for key, value in results["final_train_logs"].items()
+            if key.endswith("filter_loss")
+        }
+    )
+    print("results: " + json.dumps(summary))
+    return results

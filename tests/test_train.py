@@ -1,0 +1,205 @@
+"""train_and_evaluate end to end: results, TensorBoard, checkpoints, resume."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from keras_interp import data
+from keras_interp import train
+
+tf = pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TF training script"
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "examples", "train_cub.py")
+
+
+@pytest.fixture(scope="module")
+def parts_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parts")
+    return data.write_synthetic_parts(
+        str(root / "CUB_200_2011"),
+        seed=3,
+        num_classes=3,
+        images_per_class=10,
+        image_size=64,
+        num_negatives=12,
+    )
+
+
+def tiny_config(parts_dir, model_dir, **overrides):
+    config = dict(
+        data_dir=parts_dir,
+        image_size=32,
+        batch_size=4,
+        epochs=2,
+        steps_per_epoch=3,
+        model_dir=str(model_dir),
+        verbose=0,
+    )
+    config.update(overrides)
+    return train.TrainConfig(**config)
+
+
+def read_events(logdir):
+    """{(run, tag): [(step, kind, value)]} from every event file."""
+    from tensorboard.backend.event_processing import event_file_loader
+
+    events = {}
+    for path in glob.glob(
+        os.path.join(logdir, "**", "events.out.*"), recursive=True
+    ):
+        run = os.path.relpath(os.path.dirname(path), logdir)
+        for event in event_file_loader.LegacyEventFileLoader(path).Load():
+            for value in event.summary.value:
+                kind = value.metadata.plugin_data.plugin_name
+                tensor = tf.make_ndarray(value.tensor)
+                events.setdefault((run, value.tag), []).append(
+                    (event.step, kind, tensor)
+                )
+    return events
+
+
+def test_train_and_evaluate_multi_category(parts_dir, tmp_path):
+    results = train.train_and_evaluate(tiny_config(parts_dir, tmp_path))
+    assert results["dataset_sizes"]["train"] > 0
+    assert 0.0 <= results["accuracy"] <= 1.0
+    assert results["num_images"] == results["dataset_sizes"]["test"]
+    assert np.isfinite(results["location_instability"])
+    assert results["final_train_logs"]["part_conv_filter_loss"] < 0
+    saved = json.load(open(os.path.join(tmp_path, "results.json")))
+    assert saved["accuracy"] == results["accuracy"]
+    model = keras.models.load_model(results["model_path"])
+    images = np.zeros((2, 32, 32, 3), "float32")
+    assert model.predict(images, verbose=0).shape == (2, 3)
+
+    events = read_events(os.path.join(tmp_path, "logs"))
+    tags = set(events)
+    for tag in ("epoch_loss", "epoch_part_conv_filter_loss"):
+        assert ("train", tag) in tags, sorted(tags)
+        assert len(events[("train", tag)]) == 2  # one per epoch
+    batch = events[("train", "batch_top_mask_filter_loss")]
+    assert all(kind == "scalars" and float(v) < 0 for _, kind, v in batch)
+    epoch_losses = [
+        float(v) for _, _, v in events[("train", "epoch_part_conv_filter_loss")]
+    ]
+    np.testing.assert_allclose(
+        epoch_losses[-1],
+        results["final_train_logs"]["part_conv_filter_loss"],
+        rtol=1e-5,
+    )
+    for layer in ("top_mask", "part_conv"):
+        mi = events[("interpretability", f"{layer}/mutual_information")]
+        assert [step for step, _, _ in mi] == [0, 1]
+        assert mi[0][1] == "histograms"
+        peaks = events[("interpretability", f"{layer}/peak_position")]
+        assert peaks[0][1] == "histograms"
+        images = events[("interpretability", f"{layer}/filters")]
+        assert images[0][1] == "images"
+
+
+def test_single_category_task_with_negatives(parts_dir, tmp_path):
+    results = train.train_and_evaluate(
+        tiny_config(parts_dir, tmp_path, task="single", epochs=1)
+    )
+    sizes = data.dataset_sizes(
+        data.read_cub(parts_dir),
+        split="test",
+        negatives=data.read_negatives(os.path.join(parts_dir, "negatives")),
+    )
+    assert results["num_images"] == sizes["examples"]
+    model = keras.models.load_model(results["model_path"])
+    assert model.output.shape == (None, 2)
+
+
+def test_ordinary_model_has_no_filter_loss(parts_dir, tmp_path):
+    results = train.train_and_evaluate(
+        tiny_config(parts_dir, tmp_path, interpretable=False, epochs=1)
+    )
+    assert not any(
+        k.endswith("filter_loss") for k in results["final_train_logs"]
+    )
+    assert np.isfinite(results["location_instability"])
+
+
+@pytest.mark.parametrize(
+    "overrides,pattern",
+    [
+        (dict(task="both"), r"`task`.*'both'"),
+        (dict(strategy="tpu"), r"`strategy`.*'tpu'"),
+        (dict(epochs=0), r"`epochs`.*0"),
+        (dict(learning_rate=-1.0), r"`learning_rate`"),
+        (dict(parts=["wing"]), r"`parts` \['wing'\].*Available"),
+    ],
+)
+def test_bad_config(parts_dir, tmp_path, overrides, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        train.train_and_evaluate(tiny_config(parts_dir, tmp_path, **overrides))
+
+
+def test_missing_data_dir_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+        train.train_and_evaluate(
+            tiny_config(str(tmp_path / "nowhere"), tmp_path / "run")
+        )
+
+
+def _run_script(parts_dir, model_dir, **popen):
+    args = [
+        sys.executable,
+        SCRIPT,
+        f"--data_dir={parts_dir}",
+        f"--model_dir={model_dir}",
+        "--image_size=32",
+        "--batch_size=4",
+        "--epochs=3",
+        "--steps_per_epoch=6",
+        "--verbose=0",
+    ]
+    env = {**os.environ, "PYTHONPATH": ROOT, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.Popen(args, env=env, **popen)
+
+
+def _weights(model_dir):
+    model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
+    return [w.numpy() for w in model.weights]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_weights(parts_dir, tmp_path):
+    straight = tmp_path / "straight"
+    assert _run_script(parts_dir, straight).wait(timeout=600) == 0
+
+    killed = tmp_path / "killed"
+    proc = _run_script(parts_dir, killed)
+    metadata = killed / "backup" / "training_metadata.json"
+    deadline = time.time() + 600
+    # Kill -9 as soon as epoch 1 is checkpointed: epoch 2 is under way.
+    while time.time() < deadline and proc.poll() is None:
+        if metadata.exists() and json.loads(metadata.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (killed / "model.keras").exists()
+
+    resumed = _run_script(
+        parts_dir, killed, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out.decode()[-2000:]
+    assert b"resuming from the end of epoch" in out
+    # CPU kernels are deterministic run to run; allow float32 round-off.
+    for a, b in zip(_weights(straight), _weights(killed)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
