@@ -77,6 +77,11 @@ flags.DEFINE_bool(
     _D.interpretable,
     "Interpretable model (--nointerpretable: the identical ordinary CNN).",
 )
+flags.DEFINE_bool(
+    "category_aware",
+    _D.category_aware,
+    "Labels reach the filter loss (--nocategory_aware: label-free Eq. 1).",
+)
 flags.DEFINE_enum(
     "loss",
     _D.loss,

@@ -68,6 +68,8 @@ class TrainConfig:
             decay over 10 epochs, then constant).
         momentum: SGD momentum (the authors: 0.9).
         interpretable: build the interpretable model, or the ordinary one.
+        category_aware: pass the labels to the interpretable layers (the
+            category-aware loss) or not (the label-free Eq. 1).
         loss, loss_weight, loss_weight_decay, beta, center: the
             interpretable layers' arguments.
         strategy: `"default"`, `"mirrored"` or `"multi_worker"` (a custom
@@ -100,6 +102,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     momentum: float = 0.9
     interpretable: bool = True
+    category_aware: bool = True
     loss: str = "mutual_information"
     loss_weight: Optional[float] = None
     loss_weight_decay: Optional[str] = None
@@ -433,6 +436,7 @@ def train_and_evaluate(config: TrainConfig) -> dict:
             image_size=config.image_size,
             weights=config.weights,
             interpretable=config.interpretable,
+            category_aware=config.category_aware,
             background_class=0 if config.task == "single" else None,
             loss=config.loss,
             loss_weight=config.loss_weight,

@@ -101,6 +101,7 @@ def build_part_classifier(
     preprocessing=None,
     filters=None,
     interpretable=True,
+    category_aware=True,
     background_class=None,
     loss="mutual_information",
     loss_weight=None,
@@ -150,6 +151,9 @@ def build_part_classifier(
         filters: int, filters of "part_conv". Default: M, the backbone's
             channel count (paper).
         interpretable: bool, build the interpretable (True) or ordinary CNN.
+        category_aware: bool; True (default): the training labels reach the
+            interpretable layers, which assign filters to classes and use
+            the category-aware loss. False: the label-free Eq. 1 loss.
         background_class: class id of background-only images, if any.
         loss, loss_weight, loss_weight_decay, beta, center: passed to both
             interpretable layers (see `InterpretableMask`).
@@ -212,8 +216,10 @@ def build_part_classifier(
         kernel_initializer=keras.initializers.HeNormal(seed=seed),
         name=PART_CONV,
     )
+    if not category_aware:
+        background_class = None
     interp_kwargs = dict(
-        num_classes=num_classes,
+        num_classes=num_classes if category_aware else None,
         background_class=background_class,
         loss=loss,
         loss_weight=loss_weight,
@@ -240,7 +246,10 @@ def build_part_classifier(
     if interpretable:
         mask = InterpretableMask(name=TOP_MASK, **interp_kwargs)
         conv = InterpretableConv2D(filters, **conv_kwargs, **interp_kwargs)
-        train_out = apply_head(conv(mask(features, labels=label), labels=label))
+        labels = label if category_aware else None
+        train_out = apply_head(
+            conv(mask(features, labels=labels), labels=labels)
+        )
         infer_out = apply_head(conv(mask(features)))
     else:
         conv = keras.layers.Conv2D(filters, activation="relu", **conv_kwargs)
