@@ -35,6 +35,8 @@ setup(
         # keras.callbacks.TensorBoard needs it; tensorflow-cpu 2.21 does
         # not pull it in.
         "tensorboard",
+        # The embedded synthetic part dataset is drawn with Pillow.
+        "pillow",
     ],
     extras_require={
         "cpu": ["tensorflow-cpu==2.21.0"],

@@ -180,3 +180,50 @@ def test_local_weights_file_is_loaded(tmp_path):
         built.inference.get_layer("block1_conv1").get_weights()[0],
         source.get_layer("block1_conv1").get_weights()[0],
     )
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_training_under_mixed_precision(policy):
+    x = images(8, 32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1], "int32")
+
+    def one_step(policy_name, initial=None):
+        keras.config.set_dtype_policy(policy_name)
+        try:
+            built = models.build_part_classifier(
+                "tiny_vgg",
+                num_classes=3,
+                image_size=32,
+                filters=8,
+                loss_weight=1.0,
+                dropout=0.0,
+            )
+            if initial is not None:
+                built.training.set_weights(initial)
+            start = built.training.get_weights()
+            built.training.compile(
+                keras.optimizers.SGD(0.01),
+                loss=keras.losses.SparseCategoricalCrossentropy(True),
+            )
+            logs = built.training.fit(
+                {"image": x, "label": y}, y, epochs=1, batch_size=8, verbose=0
+            ).history
+        finally:
+            keras.config.set_dtype_policy("float32")
+        return built, start, logs
+
+    reference, initial, ref_logs = one_step("float32")
+    built, _, logs = one_step(policy, initial)
+    conv = built.training.get_layer(models.PART_CONV)
+    assert conv.compute_dtype == policy.split("_")[1]
+    if policy == "mixed_float16":
+        assert isinstance(
+            built.training.optimizer, keras.optimizers.LossScaleOptimizer
+        )
+    # The loss math is float32, but it reads maps computed in low precision;
+    # the MI is a second-order quantity of small differences between images,
+    # so bfloat16's 8-bit mantissa moves it by up to ~20 %.
+    rtol = {"mixed_float16": 0.02, "mixed_bfloat16": 0.3}[policy]
+    for name in ("part_conv_filter_loss", "top_mask_filter_loss", "loss"):
+        assert np.isfinite(logs[name][0]), name
+        np.testing.assert_allclose(logs[name][0], ref_logs[name][0], rtol=rtol)

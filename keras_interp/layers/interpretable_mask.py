@@ -234,6 +234,7 @@ class InterpretableMixin:
                     AUTHORS_BETA_INIT * _code_to_paper_beta(height, width)
                 ),
                 trainable=False,
+                autocast=False,  # State stays float32 under mixed precision.
                 aggregation="mean",
             )
         elif isinstance(self.beta, list) and len(self.beta) != channels:
@@ -249,6 +250,7 @@ class InterpretableMixin:
                 shape=(self.num_classes, channels),
                 initializer="zeros",
                 trainable=False,
+                autocast=False,  # State stays float32 under mixed precision.
                 aggregation="mean",
             )
         self.epoch = self.add_weight(
@@ -256,6 +258,7 @@ class InterpretableMixin:
             shape=(),
             initializer=keras.initializers.Constant(1.0),
             trainable=False,
+            autocast=False,
             aggregation="only_first_replica",
         )
         forward = self._forward
