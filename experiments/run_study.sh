@@ -9,7 +9,8 @@
 #
 #   bash experiments/run_study.sh            # everything, in order
 #   bash experiments/run_study.sh baseline   # only step 1 (also: scan,
-#                                            #   variants, scan_extra, seeds, raw)
+#                                            #   variants, scan_extra, seeds,
+#                                            #   evaluate)
 #
 # Environment:
 #   CODE_DIR  where keras_interp/ and examples/ are imported from (default:
@@ -86,8 +87,38 @@ if [[ $step == seeds ]]; then
   done
 fi
 
-# Diagnostic: the authors' measurement map (pre-ReLU, pre-mask part_conv).
-if [[ $step == raw ]]; then
-  run ordinary_rawmap 0 --nointerpretable --eval_map=raw
-  run interp_default_rawmap 0 --eval_map=raw
+# 5. Saved models through `python -m keras_interp.evaluate` (needs
+#    keras_interp/evaluate.py; EVAL_CODE_DIR, default the repo root):
+#    part interpretability and instability on part_conv's masked map
+#    (evaluate_masked.json), instability on the authors' raw map
+#    (evaluate_raw.json) and on the backbone's top conv
+#    (evaluate_top_masked.json; top_mask or block4_conv2_relu).
+EVAL_CODE_DIR=${EVAL_CODE_DIR:-$ROOT}
+evaluate() {  # evaluate RUN_DIR_NAME OUT_NAME [FLAGS...]
+  local dir=$OUT/$1 out=$2
+  shift 2
+  [[ -f $dir/model.keras ]] || return 0
+  if [[ -s $dir/$out ]]; then
+    echo "skip evaluate $1 $out (done)"
+    return 0
+  fi
+  (cd "$ROOT" && PYTHONPATH=$EVAL_CODE_DIR "$PYTHON" -m keras_interp.evaluate \
+      --model "$dir/model.keras" "$@") >"$dir/$out.tmp" 2>"$dir/${out%.json}.log" \
+    && mv "$dir/$out.tmp" "$dir/$out"
+  echo "$(date -u +%FT%TZ) evaluated $1 -> $out (rc=$?)"
+}
+if [[ $step == evaluate ]]; then
+  for seed in 0 1 2; do
+    for name in ordinary interp_default; do
+      evaluate "${name}_s$seed" evaluate_masked.json
+    done
+  done
+  for name in ordinary interp_default; do
+    evaluate "${name}_s0" evaluate_raw.json --map=raw --no_part_interpretability
+  done
+  evaluate ordinary_s0 evaluate_top_masked.json --layer=block4_conv2_relu --no_part_interpretability
+  evaluate interp_default_s0 evaluate_top_masked.json --layer=top_mask --no_part_interpretability
+  for run in "${@:2}"; do  # further runs: bash run_study.sh evaluate NAME_sS ...
+    evaluate "$run" evaluate_masked.json
+  done
 fi
