@@ -9,8 +9,8 @@
 #
 #   bash experiments/run_study.sh            # everything, in order
 #   bash experiments/run_study.sh baseline   # only step 1 (also: scan,
-#                                            #   variants, scan_extra, seeds,
-#                                            #   evaluate)
+#                                            #   variants, labelfree, variants2,
+#                                            #   scan_extra, seeds, evaluate)
 #
 # Environment:
 #   CODE_DIR  where keras_interp/ and examples/ are imported from (default:
@@ -62,15 +62,22 @@ if [[ $step == all || $step == scan ]]; then
   run interp_lw0.2 0 --loss_weight=0.2
   run interp_lw2 0 --loss_weight=2.0
   run interp_lw20 0 --loss_weight=20.0
+  # Control: the masks without any filter loss (lambda = 0).
+  run interp_lw0 0 --loss_weight=0.0
 fi
 
-# 3. Variants, seed 0.
-LABEL_FREE_LW=${LABEL_FREE_LW:-0.2}
+# 3. Variants, seed 0. The label-free run takes the best lambda of step 2
+#    (LABEL_FREE_LW, default 0.2), so it is a step of its own.
 if [[ $step == all || $step == variants ]]; then
-  run labelfree_lw${LABEL_FREE_LW} 0 --nocategory_aware --loss_weight="$LABEL_FREE_LW"
   run authors 0 --loss=authors
-  run authors_centroid 0 --loss=authors --center=centroid
   run interp_beta2 0 --beta=2
+fi
+LABEL_FREE_LW=${LABEL_FREE_LW:-0.2}
+if [[ $step == all || $step == labelfree ]]; then
+  run labelfree_lw${LABEL_FREE_LW} 0 --nocategory_aware --loss_weight="$LABEL_FREE_LW"
+fi
+if [[ $step == all || $step == variants2 ]]; then
+  run authors_centroid 0 --loss=authors --center=centroid
 fi
 
 # 2b. Beyond the scan (after the variants: lower priority).
