@@ -102,17 +102,18 @@ fi
 #    (evaluate_top_masked.json; top_mask or block4_conv2_relu).
 EVAL_CODE_DIR=${EVAL_CODE_DIR:-$ROOT}
 evaluate() {  # evaluate RUN_DIR_NAME OUT_NAME [FLAGS...]
-  local dir=$OUT/$1 out=$2
+  local name=$1 dir=$OUT/$1 out=$2
   shift 2
   [[ -f $dir/model.keras ]] || return 0
   if [[ -s $dir/$out ]]; then
-    echo "skip evaluate $1 $out (done)"
+    echo "skip evaluate $name $out (done)"
     return 0
   fi
   (cd "$ROOT" && PYTHONPATH=$EVAL_CODE_DIR "$PYTHON" -m keras_interp.evaluate \
-      --model "$dir/model.keras" "$@") >"$dir/$out.tmp" 2>"$dir/${out%.json}.log" \
-    && mv "$dir/$out.tmp" "$dir/$out"
-  echo "$(date -u +%FT%TZ) evaluated $1 -> $out (rc=$?)"
+      --model "$dir/model.keras" "$@") >"$dir/$out.tmp" 2>"$dir/${out%.json}.log"
+  local rc=$?
+  [[ $rc == 0 ]] && mv "$dir/$out.tmp" "$dir/$out"
+  echo "$(date -u +%FT%TZ) evaluated $name -> $out (rc=$rc)"
 }
 if [[ $step == evaluate ]]; then
   for seed in 0 1 2; do
@@ -120,8 +121,10 @@ if [[ $step == evaluate ]]; then
       evaluate "${name}_s$seed" evaluate_masked.json
     done
   done
-  for name in ordinary interp_default; do
-    evaluate "${name}_s0" evaluate_raw.json --map=raw --no_part_interpretability
+  # The authors' raw map for every run (ordinary part_conv maps are mostly
+  # dead after ReLU, where the masked/post-ReLU argmax is a tie: RESULTS.md).
+  for dir in "$OUT"/*_s[0-9]*/; do
+    evaluate "$(basename "$dir")" evaluate_raw.json --map=raw --no_part_interpretability
   done
   evaluate ordinary_s0 evaluate_top_masked.json --layer=block4_conv2_relu --no_part_interpretability
   evaluate interp_default_s0 evaluate_top_masked.json --layer=top_mask --no_part_interpretability
