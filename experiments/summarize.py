@@ -14,8 +14,9 @@ Reads `runs/study/<variant>_s<seed>/results.json` (written by
   -MI, mean over its batches) for `top_mask` and `part_conv`, and the same
   divided by lambda and the number of filters: the mean per-filter MI in
   nats (its ceiling is log(n^2 + 1) = 4.17 for the 8x8 maps);
-* part interpretability (evaluate.py, masked map) and instability on the
-  authors' raw map, when those files exist.
+* part interpretability (evaluate.py, masked map), instability on the
+  authors' raw map (and its ratio to the ordinary CNN's raw-map value over
+  the same seeds) and on the backbone's top conv, when those files exist.
 
     python experiments/summarize.py [runs/study]
 """
@@ -112,8 +113,8 @@ def table(runs):
         "ratio to ordinary | accuracy drop (points) | train accuracy | "
         "top_mask filter loss (MI/filter) | part_conv filter loss "
         "(MI/filter) | part interpretability | instability, raw map | "
-        "instability, top conv |",
-        "|" + "---|" * 12,
+        "ratio, raw map | instability, top conv |",
+        "|" + "---|" * 13,
     ]
     for variant in order:
         if variant not in runs:
@@ -127,8 +128,16 @@ def table(runs):
         acc, acc_std = stat("accuracy")
         ins, ins_std = stat("instability")
         paired = [base[s] for s in seeds if s in base]
-        ratio = drop = "-"
+        ratio = drop = ratio_raw = "-"
+        raw, raw_std = stat("instability_raw")
         if variant != BASELINE and len(paired) == len(seeds):
+            # Only when every run of both has its raw-map value (paired).
+            base_raw, _ = _mean_std([r["instability_raw"] for r in paired])
+            complete = all(
+                r["instability_raw"] is not None for r in paired + rows
+            )
+            if complete and raw is not None and base_raw:
+                ratio_raw = f"{raw / base_raw:.2f}"
             base_ins, _ = _mean_std([r["instability"] for r in paired])
             base_acc, _ = _mean_std([r["accuracy"] for r in paired])
             if ins is not None and base_ins:
@@ -154,7 +163,8 @@ def table(runs):
             loss_cell("top_mask"),
             loss_cell("part_conv"),
             _fmt(*stat("part_interpretability"), 3),
-            _fmt(*stat("instability_raw"), 4),
+            _fmt(raw, raw_std, 4),
+            ratio_raw,
             _fmt(*stat("instability_top"), 4),
         ]
         lines.append("| " + " | ".join(cells) + " |")
