@@ -1,0 +1,447 @@
+"""keras_interp.evaluate: the library `evaluate` and its command line.
+
+A tiny synthetic CUB-format set (3 classes x 10 images, 64 px, 6 negatives)
+and an untrained tiny_vgg model saved as `.keras`. The library's numbers
+are checked against the evaluation primitives run independently
+(`collect_peaks` + `location_instability`, `collect_part_interpretability`,
+a plain accuracy loop); the command line against the library.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_interp import data
+from keras_interp import evaluate as evaluate_lib
+from keras_interp import evaluation
+from keras_interp import models
+from keras_interp import train
+
+pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="tf.data pipeline"
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE_SIZE = 32
+NUM_FILTERS = 8
+NUM_CLASSES = 3
+PARTS = ["back", "head"]
+# The figures need matplotlib, an optional dependency.
+try:
+    import matplotlib  # noqa: F401
+
+    HAS_MATPLOTLIB = True
+except ImportError:
+    HAS_MATPLOTLIB = False
+
+
+@pytest.fixture(scope="module")
+def parts_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parts")
+    return data.write_synthetic_parts(
+        str(root / "CUB_200_2011"),
+        seed=3,
+        num_classes=NUM_CLASSES,
+        images_per_class=10,
+        image_size=64,
+        num_negatives=6,
+    )
+
+
+def _save_model(path, num_classes):
+    built = models.build_part_classifier(
+        "tiny_vgg",
+        num_classes=num_classes,
+        image_size=IMAGE_SIZE,
+        filters=NUM_FILTERS,
+    )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    built.inference.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    return _save_model(str(root / "model.keras"), NUM_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def single_model_path(tmp_path_factory):
+    """A 2-class (object vs background) model, with its results.json."""
+    root = tmp_path_factory.mktemp("single")
+    with open(root / "results.json", "w") as f:
+        json.dump({"config": {"task": "single", "crop_to_box": True}}, f)
+    return _save_model(str(root / "model.keras"), 2)
+
+
+@pytest.fixture(scope="module")
+def test_split(parts_dir, model_path):
+    """The library summary and the reference on the test split, once."""
+    index = data.read_cub(parts_dir)
+    model = keras.models.load_model(model_path)
+    part_ids = [list(index.part_names).index(p) for p in PARTS]
+    return {
+        "summary": evaluate_lib.evaluate(model, index, parts=PARTS),
+        "reference": _reference(model, index, "test", part_ids),
+    }
+
+
+def _dataset(index, split, **kwargs):
+    return data.make_dataset(
+        index,
+        split=split,
+        image_size=IMAGE_SIZE,
+        batch_size=7,
+        drop_remainder=False,
+        **kwargs,
+    )
+
+
+def _reference(
+    model, index, split, parts, map="masked", negatives=None, masks=True
+):
+    """Accuracy, instability and part interpretability, computed apart."""
+    dataset = _dataset(index, split, negatives=negatives)
+    correct = total = 0
+    for batch in dataset.as_numpy_iterator():
+        logits = model.predict_on_batch(batch["image"])
+        correct += int(np.sum(np.argmax(logits, -1) == batch["label"]))
+        total += len(batch["label"])
+    peaks = evaluation.collect_peaks(model, models.PART_CONV, dataset, map=map)
+    instability, per_filter, _ = evaluation.location_instability(
+        peaks.index,
+        peaks.value,
+        peaks.landmarks[:, parts],
+        peaks.visible[:, parts],
+        image_size=IMAGE_SIZE,
+        receptive_field=evaluation.receptive_field(model, models.PART_CONV),
+        return_per_filter=True,
+    )
+    masks = _dataset(index, split, include_parts=False, include_part_masks=True)
+    interpretability = evaluation.collect_part_interpretability(
+        model,
+        models.PART_CONV,
+        masks,
+        part_ids=np.arange(1, index.num_parts + 1),
+    )
+    return {
+        "accuracy": correct / total,
+        "num_images": total,
+        "instability": instability,
+        "per_filter": per_filter,
+        "mean_peak": peaks.value.mean(axis=0),
+        "visible": peaks.visible[:, parts].sum(axis=0),
+        "interpretability": interpretability,
+    }
+
+
+def test_evaluate_matches_the_primitives(parts_dir, model_path):
+    index = data.read_cub(parts_dir)
+    model = keras.models.load_model(model_path)
+    summary = evaluate_lib.evaluate(model, index, split="all", parts=PARTS)
+    json.dumps(summary, allow_nan=False)  # Strict JSON: no NaN.
+    part_ids = [list(index.part_names).index(p) for p in PARTS]
+    expected = _reference(model, index, "all", part_ids)
+    counts = summary["counts"]
+    assert counts["num_images"] == index.num_images == expected["num_images"]
+    assert counts["num_objects"] == index.num_images
+    assert counts["num_negatives"] == 0
+    assert counts["num_filters"] == NUM_FILTERS
+    assert counts["num_filters_evaluated"] == int(
+        np.isfinite(expected["per_filter"]).sum()
+    )
+    assert counts["num_filters_evaluated"] > 0
+    assert counts["visible_images"] == dict(
+        zip(PARTS, expected["visible"].tolist())
+    )
+    assert counts["part_interpretability_images"] == index.num_images
+    assert summary["accuracy"] == pytest.approx(expected["accuracy"])
+    assert np.isfinite(summary["location_instability"])
+    assert summary["location_instability"] == pytest.approx(
+        expected["instability"], rel=1e-6
+    )
+    # Nonzero here (30 images x 16 cells: 2 cells per filter above T_f).
+    assert summary["part_interpretability"] > 0
+    assert summary["part_interpretability"] == pytest.approx(
+        expected["interpretability"], rel=1e-6
+    )
+    assert summary["location_instability_reason"] is None
+    assert summary["part_interpretability_reason"] is None
+    assert summary["parts"] == PARTS
+    assert summary["part_interpretability_parts"] == list(index.part_names)
+    assert (summary["layer"], summary["map"]) == ("part_conv", "masked")
+    assert summary["part_interpretability_map"] == "masked"
+    assert (summary["split"], summary["image_size"]) == ("all", IMAGE_SIZE)
+
+
+def test_defaults_every_part_and_the_raw_map(
+    parts_dir, model_path, monkeypatch
+):
+    index = data.read_cub(parts_dir)
+    model = keras.models.load_model(model_path)
+    probed = []
+    real = evaluation.feature_map_model
+
+    def spy(model, layer_name, map="masked"):
+        probed.append((layer_name, map))
+        return real(model, layer_name, map)
+
+    monkeypatch.setattr(evaluation, "feature_map_model", spy)
+    summary = evaluate_lib.evaluate(
+        model, index, eval_map="raw", part_interpretability=False
+    )
+    # The synthetic parts have no "forehead": every part is a landmark.
+    assert not set(train.CUB_EVAL_PARTS) <= set(index.part_names)
+    assert summary["parts"] == list(index.part_names)
+    assert probed == [("part_conv", "raw")]
+    assert summary["map"] == "raw"
+    expected = _reference(
+        model,
+        index,
+        "test",
+        list(range(index.num_parts)),
+        map="raw",
+        masks=False,
+    )
+    assert summary["counts"]["num_images"] == expected["num_images"]
+    assert summary["location_instability"] == pytest.approx(
+        expected["instability"], rel=1e-6
+    )
+    assert summary["counts"]["visible_images"] == dict(
+        zip(summary["parts"], expected["visible"].tolist())
+    )
+
+
+def test_train_evaluate_model_delegates(parts_dir, model_path, test_split):
+    index = data.read_cub(parts_dir)
+    model = keras.models.load_model(model_path)
+    summary = test_split["summary"]
+    parts = train._eval_parts(index, PARTS)
+    results = train.evaluate_model(model, _dataset(index, "test"), parts=parts)
+    assert results == {
+        "accuracy": summary["accuracy"],
+        "num_images": summary["counts"]["num_images"],
+        "location_instability": summary["location_instability"],
+        "num_filters_evaluated": summary["counts"]["num_filters_evaluated"],
+    }
+    assert set(
+        train.evaluate_model(
+            model, _dataset(index, "test", include_parts=False)
+        )
+    ) == {"accuracy", "num_images"}
+
+
+def test_negatives_single_category(parts_dir, single_model_path):
+    index = data.read_cub(parts_dir)
+    negatives = os.path.join(parts_dir, "negatives")
+    model = keras.models.load_model(single_model_path)
+    with pytest.raises(ValueError, match="has 2 outputs.*needs `negatives`"):
+        evaluate_lib.evaluate(model, index)
+    summary = evaluate_lib.evaluate(
+        model, index, split="all", parts=PARTS, negatives=negatives
+    )
+    counts = summary["counts"]
+    assert counts["num_negatives"] == 6
+    assert counts["num_images"] == index.num_images + 6
+    part_ids = [list(index.part_names).index(p) for p in PARTS]
+    expected = _reference(model, index, "all", part_ids, negatives=negatives)
+    assert summary["accuracy"] == pytest.approx(expected["accuracy"])
+    assert summary["location_instability"] == pytest.approx(
+        expected["instability"], rel=1e-6
+    )
+    # Part interpretability is scored on the objects only.
+    assert counts["part_interpretability_images"] == index.num_images
+    assert summary["part_interpretability"] == pytest.approx(
+        expected["interpretability"], rel=1e-6
+    )
+
+
+def test_no_part_masks_gives_null_with_reason(parts_dir, model_path):
+    index = data.read_cub(parts_dir)
+    model = keras.models.load_model(model_path)
+    summary = evaluate_lib.evaluate(model, index, part_interpretability=False)
+    assert summary["part_interpretability"] is None
+    assert "disabled" in summary["part_interpretability_reason"]
+    no_masks = dataclasses.replace(index, part_mask_paths=None)
+    summary = evaluate_lib.evaluate(model, no_masks)
+    assert summary["part_interpretability"] is None
+    assert "no part masks" in summary["part_interpretability_reason"]
+    assert np.isfinite(summary["location_instability"])
+
+
+BAD_ARGUMENTS = [
+    ({"parts": ["back", "beak"]}, r"\['beak'\].*Available.*'head'"),
+    ({"layer": "nope"}, r"layer='nope'.*'top_mask', 'part_conv'"),
+    ({"eval_map": "pre"}, r"map='pre'"),
+    ({"image_size": 64}, r"input size 32"),
+    ({"num_figure_filters": -1}, r"num_figure_filters=-1"),
+]
+
+
+def test_bad_arguments(parts_dir, model_path):
+    index = data.read_cub(parts_dir)
+    model = keras.models.load_model(model_path)
+    for kwargs, pattern in BAD_ARGUMENTS:
+        with pytest.raises(ValueError, match=pattern):
+            evaluate_lib.evaluate(model, index, **kwargs)
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib not installed")
+def test_figures_keep_only_the_shown_images(
+    parts_dir, model_path, test_split, tmp_path, monkeypatch
+):
+    index = data.read_cub(parts_dir)
+    model = keras.models.load_model(model_path)
+    shown = []
+    real = evaluation.plot_top_images
+
+    def spy(images, maps, filter_ids, out_dir, top_k=8, **kwargs):
+        shown.append(len(images))
+        return real(images, maps, filter_ids, out_dir, top_k, **kwargs)
+
+    monkeypatch.setattr(evaluation, "plot_top_images", spy)
+    out = str(tmp_path / "out")
+    summary = evaluate_lib.evaluate(
+        model,
+        index,
+        parts=PARTS,
+        out_dir=out,
+        num_figure_filters=2,
+        top_k_images=3,
+    )
+    filters = summary["figures"]["filters"]
+    # The most stable filters (then the most active), as documented.
+    expected = test_split["reference"]
+    stability = np.where(
+        np.isfinite(expected["per_filter"]), expected["per_filter"], np.inf
+    )
+    order = np.lexsort(
+        (np.arange(NUM_FILTERS), -expected["mean_peak"], stability)
+    )
+    assert filters == order[:2].tolist()
+    # At most 2 filters x 3 images read back, of the 12 test images.
+    assert 3 <= shown[0] <= 6 < summary["counts"]["num_images"]
+    names = sorted(os.listdir(out))
+    assert names == sorted(
+        [f"filter_{f:04d}.png" for f in filters] + ["summary.json"]
+    )
+    for path in summary["figures"]["paths"]:
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f) == summary
+
+
+# --- Command line -----------------------------------------------------------
+
+
+def _cli(*args):
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT,
+        CUDA_VISIBLE_DEVICES="",
+        KERAS_BACKEND="tensorflow",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "keras_interp.evaluate", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib not installed")
+def test_cli_prints_the_library_summary(
+    parts_dir, model_path, test_split, tmp_path
+):
+    out = str(tmp_path / "figures")
+    process = _cli(
+        "--model",
+        model_path,
+        "--data_dir",
+        parts_dir,
+        "--parts",
+        ",".join(PARTS),
+        "--out",
+        out,
+        "--num_figure_filters",
+        "2",
+    )
+    assert process.returncode == 0, process.stderr
+    summary = json.loads(process.stdout)
+    expected = test_split["summary"]
+    for key in ("accuracy", "location_instability", "part_interpretability"):
+        assert summary[key] == pytest.approx(expected[key], rel=1e-6), key
+    assert summary["counts"] == expected["counts"]
+    assert summary["parts"] == PARTS
+    assert summary["model"] == os.path.abspath(model_path)
+    pngs = sorted(n for n in os.listdir(out) if n.endswith(".png"))
+    assert len(pngs) == 2 == len(summary["figures"]["paths"])
+    assert pngs == [
+        f"filter_{f:04d}.png" for f in sorted(summary["figures"]["filters"])
+    ]
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f) == summary
+
+
+def test_cli_single_category_from_results_json(
+    parts_dir, single_model_path, capsys
+):
+    status = evaluate_lib.main(
+        ["--model", single_model_path, "--data_dir", parts_dir]
+    )
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    counts = json.loads(captured.out)["counts"]
+    # results.json says task=single: <data_dir>/negatives is used, and its
+    # second half is the test split.
+    assert counts["num_negatives"] == 3
+    assert counts["num_images"] == counts["num_objects"] + 3
+
+
+CLI_ERRORS = {
+    "unknown_part": (["--parts", "back,beak"], r"\['beak'\] are not.*'head'"),
+    "missing_layer": (["--layer", "nope"], r"layer='nope'.*'part_conv'"),
+    "missing_model": (["--model", "missing.keras"], r"--model: no such file"),
+}
+
+
+def _error_args(model_path, parts_dir, args):
+    if "--model" not in args:
+        args = ["--model", model_path] + args
+    return args + ["--data_dir", parts_dir]
+
+
+@pytest.mark.parametrize("case", sorted(CLI_ERRORS))
+def test_cli_bad_inputs_exit_2(parts_dir, model_path, capsys, case):
+    args, message = CLI_ERRORS[case]
+    status = evaluate_lib.main(_error_args(model_path, parts_dir, args))
+    assert status == evaluate_lib.USAGE_ERROR == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert re.fullmatch(r"error: .*\n", captured.err, flags=re.DOTALL)
+    assert re.search(message, captured.err), captured.err
+
+
+def test_cli_bad_input_process_has_no_traceback(parts_dir, model_path):
+    args, message = CLI_ERRORS["missing_layer"]
+    process = _cli(*_error_args(model_path, parts_dir, args))
+    assert process.returncode == 2
+    assert process.stdout == ""
+    assert "Traceback" not in process.stderr
+    errors = [
+        line for line in process.stderr.splitlines() if line.startswith("error")
+    ]
+    assert len(errors) == 1 and re.search(message, errors[0]), process.stderr
