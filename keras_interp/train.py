@@ -23,7 +23,6 @@ import numpy as np
 
 from keras_interp import callbacks as callbacks_lib
 from keras_interp import data as data_lib
-from keras_interp import evaluation
 from keras_interp import models
 from keras_interp import training
 
@@ -352,6 +351,10 @@ def _eval_parts(index, names):
 def evaluate_model(model, dataset, *, parts=None, eval_map="masked"):
     """Accuracy, and location instability of the "part_conv" filters.
 
+    A thin view of `keras_interp.evaluate.evaluate_dataset`, the one
+    evaluation implementation (also behind `python -m
+    keras_interp.evaluate`).
+
     Args:
         model: the image-only model (`PartClassifier.inference`).
         dataset: batched dicts with `image`, `label` and, for the
@@ -361,32 +364,25 @@ def evaluate_model(model, dataset, *, parts=None, eval_map="masked"):
 
     Returns:
         A dict with `accuracy`, `num_images` and, with parts,
-        `location_instability` and `num_filters_evaluated`.
+        `location_instability` (NaN if no filter could be evaluated) and
+        `num_filters_evaluated`.
     """
-    correct = total = 0
-    for batch in dataset.as_numpy_iterator():
-        logits = model.predict_on_batch(batch["image"])
-        correct += int(np.sum(np.argmax(logits, -1) == batch["label"]))
-        total += len(batch["label"])
-    results = {"accuracy": correct / max(total, 1), "num_images": total}
+    # Imported here: keras_interp.evaluate imports this module.
+    from keras_interp import evaluate as evaluate_lib
+
+    summary = evaluate_lib.evaluate_dataset(
+        model, dataset, parts=parts, layer=models.PART_CONV, map=eval_map
+    )
+    counts = summary["counts"]
+    results = {
+        "accuracy": summary["accuracy"],
+        "num_images": counts["num_images"],
+    }
     if parts is None:
         return results
-    peaks = evaluation.collect_peaks(
-        model, models.PART_CONV, dataset, map=eval_map
-    )
-    field = evaluation.receptive_field(model, models.PART_CONV)
-    value, per_filter, _ = evaluation.location_instability(
-        peaks.index,
-        peaks.value,
-        peaks.landmarks[:, parts],
-        peaks.visible[:, parts],
-        image_size=peaks.image_size,
-        receptive_field=field,
-        top_k=TOP_K,
-        return_per_filter=True,
-    )
-    results["location_instability"] = float(value)
-    results["num_filters_evaluated"] = int(np.sum(np.isfinite(per_filter)))
+    value = summary["location_instability"]
+    results["location_instability"] = float("nan") if value is None else value
+    results["num_filters_evaluated"] = counts["num_filters_evaluated"]
     return results
 
 
