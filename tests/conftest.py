@@ -37,3 +37,20 @@ def keras_test_isolation():
     yield
     keras.backend.clear_session()
     keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture(scope="session")
+def two_cpu_strategy():
+    """One MirroredStrategy over the two logical CPUs, for the whole session.
+
+    Every new strategy restarts its collective instance keys, and TF keeps
+    the shapes of earlier collectives with the same keys for the life of
+    the process; a second strategy on the same devices then fails with
+    "Shape mismatch in the collective instance". Users have one strategy
+    per process; tests share one too.
+    """
+    import tensorflow as tf
+
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs two logical CPUs")
+    return tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])

@@ -52,11 +52,11 @@ def one_step(initial, strategy=None, loss_weight=10.0):
     return model, history.history
 
 
-def test_two_replicas_equal_one_device_on_the_global_batch():
+def test_two_replicas_equal_one_device_on_the_global_batch(two_cpu_strategy):
     keras.utils.set_random_seed(3)
     initial = build_model(10.0).get_weights()
     single, single_logs = one_step(initial)
-    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    strategy = two_cpu_strategy
     assert strategy.num_replicas_in_sync == 2
     mirrored, mirrored_logs = one_step(initial, strategy)
     for a, b in zip(single.weights, mirrored.weights):

@@ -92,12 +92,11 @@ def test_loop_equals_fit_on_one_device():
 @pytest.mark.skipif(
     len(tf.config.list_logical_devices("CPU")) < 2, reason="two logical CPUs"
 )
-def test_loop_under_mirrored_strategy_equals_one_device():
+def test_loop_under_mirrored_strategy_equals_one_device(two_cpu_strategy):
     x, y = data()
     initial = multi_worker.build_model().get_weights()
     single, single_logs = train_with_loop(initial, x, y)
-    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
-    mirrored, mirrored_logs = train_with_loop(initial, x, y, strategy)
+    mirrored, mirrored_logs = train_with_loop(initial, x, y, two_cpu_strategy)
     assert_same_weights(single, mirrored)
     np.testing.assert_allclose(
         mirrored_logs["loss"], single_logs["loss"], rtol=1e-5
