@@ -78,6 +78,8 @@ def probe(path, batches):
     except Exception:  # noqa: BLE001
         top = None
     classifier = _layer(model, "classifier")
+    # The model's own template slope (ordinary models: the default 4).
+    beta = float(getattr(_layer(model, "part_conv"), "beta", 4.0) or 4.0)
     xs, ys, tops = [], [], []
     for batch in batches:
         xs.append(np.maximum(raw.predict_on_batch(batch["image"]), 0.0))
@@ -107,11 +109,13 @@ def probe(path, batches):
         )
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)
-            mi_cat = losses.category_mutual_information(x, positives)
-            mi_free = losses.mutual_information(x)
+            mi_cat = losses.category_mutual_information(
+                x, positives, beta=beta
+            )
+            mi_free = losses.mutual_information(x, beta=beta)
             loss_cat = -tf.reduce_sum(mi_cat)
             loss_free = -tf.reduce_sum(mi_free)
-            mask = templates.part_mask(x) if interpretable else 1.0
+            mask = templates.part_mask(x, beta=beta) if interpretable else 1.0
             pooled = tf.reduce_mean(x * mask, axis=(1, 2))
             logits = classifier(pooled)
             ce = tf.reduce_mean(
@@ -131,16 +135,20 @@ def probe(path, batches):
         surrogate = losses.authors_filter_gradient(
             x,
             positives,
+            beta=beta,
             center="argmax",
             epoch=1.0,
             positive_weight=2.5,
             negative_weight=0.625,
         )
         out["g_authors"].append(rms(surrogate) / BATCH)
-        m = templates.part_mask(x)
+        m = templates.part_mask(x, beta=beta)
         keep.append(float(tf.reduce_sum(m * x) / tf.reduce_sum(x)))
     top_keep = [
-        float(np.sum(np.asarray(templates.part_mask(t)) * t) / np.sum(t))
+        float(
+            np.sum(np.asarray(templates.part_mask(t, beta=beta)) * t)
+            / np.sum(t)
+        )
         for t in tops
     ]
     result = {k: float(np.mean(v)) for k, v in out.items()}
@@ -171,7 +179,7 @@ def main(argv):
         print(
             f"| {name} | {r['mi_cat']:.1e} | {r['mi_free']:.1e} | "
             f"{r['g_cat']:.1e} / {r['g_free']:.1e} | {r['g_ce']:.1e} | "
-            f"{r['lambda_equal_cat']:.0f} / {r['lambda_equal_free']:.0f} | "
+            f"{r['lambda_equal_cat']:.2g} / {r['lambda_equal_free']:.2g} | "
             f"{r['g_authors']:.1e} | "
             f"{r['mask_keeps_part_conv']:.2f} / {top} | "
             f"{r['mean_max_activation']:.2f} |",
