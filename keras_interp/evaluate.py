@@ -7,7 +7,9 @@ training and by this module's command line on a saved model:
 * **accuracy**: argmax of the logits against the labels;
 * **location instability** (§5.2.2; lower is better) of the filters of one
   layer, against the landmarks `parts` (CUB: the authors' back, forehead,
-  tail), on the `map` chosen (`"masked"`: paper; `"raw"`: authors' code);
+  tail), on the `map` chosen (`"masked"`: paper; `"raw"`: authors' code),
+  per category with each filter's lowest-deviation category (the paper's
+  multi-category rule; a single category reduces to the plain metric);
 * **part interpretability** (§5.2.1; higher is better) against the
   dataset's part masks (`part_segmentations/`), always on the masked map,
   the post-ReLU/mask map the paper defines it on;
@@ -173,7 +175,7 @@ class _Stream:
         self.with_landmarks = with_landmarks
         self.correct = 0
         self.index, self.value = [], []
-        self.landmarks, self.visible = [], []
+        self.landmarks, self.visible, self.labels = [], [], []
         self.image_size = self.map_size = None
 
     @property
@@ -189,6 +191,7 @@ class _Stream:
                 f"Received shape {logits.shape} for {len(labels)} images."
             )
         self.correct += int(np.sum(np.argmax(logits, axis=-1) == labels))
+        self.labels.append(labels)
         self.image_size = tuple(int(s) for s in batch["image"].shape[1:3])
         self.map_size = tuple(int(s) for s in maps.shape[1:3])
         index, value = evaluation.peaks_from_maps(maps)
@@ -247,6 +250,11 @@ def _location_instability(state, parts, part_names, rf) -> dict:
             receptive_field=rf,
             top_k=train.TOP_K,
             return_per_filter=True,
+            # Per category, keeping each filter's best (paper §5.2.2 for
+            # multi-category models): a filter that is silent on other
+            # classes is not judged on their images.
+            labels=np.concatenate(state.labels),
+            category_rule="deviation",
         )
     valid = np.isfinite(per_filter)
     reason = None

@@ -125,6 +125,7 @@ def _reference(
         image_size=IMAGE_SIZE,
         receptive_field=evaluation.receptive_field(model, models.PART_CONV),
         return_per_filter=True,
+        labels=peaks.labels,  # the paper's multi-category rule
     )
     masks = _dataset(index, split, include_parts=False, include_part_masks=True)
     interpretability = evaluation.collect_part_interpretability(
