@@ -109,7 +109,8 @@ evaluate() {  # evaluate RUN_DIR_NAME OUT_NAME [FLAGS...]
     echo "skip evaluate $name $out (done)"
     return 0
   fi
-  (cd "$ROOT" && PYTHONPATH=$EVAL_CODE_DIR "$PYTHON" -m keras_interp.evaluate \
+  # cd: `python -m` puts the working directory first on sys.path.
+  (cd "$EVAL_CODE_DIR" && PYTHONPATH=$EVAL_CODE_DIR "$PYTHON" -m keras_interp.evaluate \
       --model "$dir/model.keras" "$@") >"$dir/$out.tmp" 2>"$dir/${out%.json}.log"
   local rc=$?
   [[ $rc == 0 ]] && mv "$dir/$out.tmp" "$dir/$out"
