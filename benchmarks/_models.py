@@ -17,6 +17,10 @@ the same backbone, seeds and head; only the interpretable parts differ):
   inner XLA cluster costs or saves.
 * `interp_pick`: `interp` with the `pick` prototype of `_prototypes.py`
   (the category-aware loss without `take_along_axis`).
+* `interp_pick_remat`: `interp` with the `pick_remat` prototype (`pick`,
+  rematerialised in the backward pass).
+* `interp_pick_fused`: `interp` with the `pick_fused` prototype (`pick`,
+  and the loss's gradient computed in the forward pass).
 
 Models:
 
@@ -40,9 +44,15 @@ VARIANTS = (
     "authors",
     "interp_nolayerjit",
     "interp_pick",
+    "interp_pick_remat",
+    "interp_pick_fused",
 )
 # Variants that run with a prototype of `_prototypes.py` switched on.
-PROTOTYPE_OF = {"interp_pick": "pick"}
+PROTOTYPE_OF = {
+    "interp_pick": "pick",
+    "interp_pick_remat": "pick_remat",
+    "interp_pick_fused": "pick_fused",
+}
 BACKEND = keras.backend.backend()
 # Small and non-zero: weights move (no constant folding) but stay finite.
 LEARNING_RATE = 1e-6
@@ -59,6 +69,8 @@ def _variant_kwargs(variant):
         "authors": {"loss": "authors"},
         "interp_nolayerjit": {},
         "interp_pick": {},
+        "interp_pick_remat": {},
+        "interp_pick_fused": {},
     }[variant]
 
 
@@ -157,6 +169,7 @@ class JaxTrainStep:
             y_pred, ntv, losses = net.stateless_call(
                 tv, ntv, x, training=True, return_losses=True
             )
+            self.num_added_losses = len(losses)  # Set at trace time.
             loss = loss_fn(y, y_pred)
             for extra in losses:
                 loss = loss + extra
@@ -226,6 +239,7 @@ def train_step(net, x, y, *, jit=True, variant=None):
             return step()
 
     patched_step.memory_analysis = getattr(step, "memory_analysis", None)
+    patched_step.num_added_losses = getattr(step, "num_added_losses", None)
     return patched_step
 
 

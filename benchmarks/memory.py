@@ -6,7 +6,12 @@ over the repetitions (A B, B A, ...). The child builds the model like
 `step_time.py`, runs `--warmup` train steps (compilation and first
 allocations) and `--steps` more, and reports:
 
-* CPU (TensorFlow): `peak_over_import`, the peak resident set size
+* CPU (TensorFlow): `tf_allocator_peak`, the peak of TensorFlow's CPU
+  allocator over the steps after the warm-up
+  (`tf.config.experimental.get_memory_info("CPU:0")`, reset after the
+  warm-up): tensors only (weights, optimizer state, activations,
+  gradients, XLA buffers handed out by TensorFlow), the CPU analogue of a
+  GPU's `peak_bytes_in_use`. Then `peak_over_import`, the peak resident set size
   (VmHWM) minus the RSS right after importing the libraries, i.e. model,
   optimizer, activations, gradients and compiled code, without the shared
   libraries; `steady_peak_over_import`, the same peak over the steps after
@@ -48,7 +53,12 @@ def parse(argv):
     )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--jit", default="off", choices=("on", "off"))
+    p.add_argument(
+        "--jit",
+        default=None,
+        choices=("on", "off"),
+        help="default: off on TensorFlow, on (always) on JAX",
+    )
     p.add_argument(
         "--precision",
         default="float32",
@@ -108,6 +118,9 @@ def child(args):
         step()
     result["peak_over_import_mib"] = _vm_hwm_mib() - rss_import
     result["peak_total_mib"] = _vm_hwm_mib()
+    tf_stats = keras.backend.backend() == "tensorflow"
+    if tf_stats:
+        tensorflow.config.experimental.reset_memory_stats("CPU:0")
     if _reset_hwm():
         for _ in range(args.steps):
             step()
@@ -117,6 +130,10 @@ def child(args):
             result["steady_peak_over_import_mib"],
         )
     result["peak_total_mib"] = max(result["peak_total_mib"], _vm_hwm_mib())
+    if tf_stats:
+        info = tensorflow.config.experimental.get_memory_info("CPU:0")
+        result["tf_allocator_peak_mib"] = info["peak"] / 2**20
+        result["tf_allocator_current_mib"] = info["current"] / 2**20
     if keras.backend.backend() == "jax":
         stats = jax.devices()[0].memory_stats() or {}
         for key in ("peak_bytes_in_use", "bytes_in_use", "bytes_limit"):
@@ -154,10 +171,11 @@ def argv_backend(argv):
 def _metrics(record):
     out = {}
     for key in (
+        "tf_allocator_peak_mib",
+        "peak_bytes_in_use",
         "peak_over_import_mib",
         "steady_peak_over_import_mib",
         "peak_total_mib",
-        "peak_bytes_in_use",
     ):
         if record.get(key) is not None:
             out[key] = record[key]
@@ -174,6 +192,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     set_backend_from_argv(argv)
     args = parse(argv)
+    if args.jit is None:
+        args.jit = "on" if args.backend == "jax" else "off"
     if args.child:
         child(args)
         return

@@ -71,6 +71,11 @@ def parse(argv):
     p.add_argument(
         "--steps", type=int, default=1, help="steps per variant per repetition"
     )
+    p.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="JAX: print XLA's memory analysis of each step and stop",
+    )
     p.add_argument("--out", default=None, help="append the JSON record here")
     return p.parse_args(argv)
 
@@ -95,7 +100,12 @@ def main(argv=None):
         x, y = _models.batch(net, args.batch)
         step = _models.train_step(net, x, y, jit=args.jit == "on", variant=name)
         steps.append((name, step))
-        print(f"built {name}: {net.count_params():,} parameters", flush=True)
+        added = getattr(step, "num_added_losses", None)
+        print(
+            f"built {name}: {net.count_params():,} parameters"
+            + ("" if added is None else f", {added} add_loss terms"),
+            flush=True,
+        )
     memory = {}
     for name, step in steps:
         analyse = getattr(step, "memory_analysis", None)
@@ -117,6 +127,9 @@ def main(argv=None):
                 f"{total(memory[base]) / 2**20:.0f} MiB)",
                 flush=True,
             )
+    if args.compile_only:
+        emit("xla_memory", args, {"xla_memory_analysis": memory}, args.out)
+        return
     times, cpu_times = interleaved(
         steps, reps=args.reps, warmup=args.warmup, steps=args.steps
     )
