@@ -186,7 +186,10 @@ def emit(name, args, results, out=None):
         "results": results,
     }
     line = json.dumps(record, sort_keys=True, default=str)
-    print("RESULT " + line, flush=True)
+    if not out:
+        print("RESULT " + line, flush=True)
+    else:
+        print(f"record appended to {out}", flush=True)
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "a") as f:

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The CPU benchmark set (TensorFlow backend), as recorded in README.md.
+# The CPU benchmark set (TensorFlow backend, plus JAX on the CPU for XLA's
+# memory analysis), the commands recorded in README.md.
 #
 #   bash benchmarks/run_cpu.sh [OUTPUT_DIR]
 #
-# One JSON record per benchmark goes to OUTPUT_DIR/cpu.jsonl (default
-# benchmarks/results), logs to OUTPUT_DIR/*.log. On 2 cores the whole set
-# takes about an hour (VGG16 train steps at batch 8 take 5-15 s each), more
-# on a loaded machine. Run one benchmark at a time: they time the machine.
+# One JSON record per benchmark is appended to OUTPUT_DIR/cpu.jsonl (default
+# benchmarks/results); `python benchmarks/summarize.py OUTPUT_DIR/cpu.jsonl`
+# prints them as tables. On 2 cores the set takes about an hour (a VGG16
+# train step at batch 8 takes 4-15 s, and the library's jit-on step ~15 s
+# because it recompiles), more on a loaded machine. Run one benchmark at a
+# time: they time the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-benchmarks/results}"
 mkdir -p "$OUT_DIR"
-export KERAS_BACKEND=tensorflow
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 PY="${PYTHON:-.venv/bin/python}"
 JSONL="$OUT_DIR/cpu.jsonl"
@@ -19,30 +21,48 @@ run() {
   local name="$1"; shift
   "$PY" "$@" --out "$JSONL" 2>&1 | tee "$OUT_DIR/$name.log"
 }
+STEP=(benchmarks/step_time.py --backend tensorflow --batch 8 --size 224)
 
-# (a) train-step ratio, VGG16 at 224, batch 8, XLA on and off.
-for jit in on off; do
-  run "step_time_jit_$jit" benchmarks/step_time.py --backend tensorflow \
-    --batch 8 --size 224 --jit "$jit" --reps 7 --warmup 1
-done
-# The same on the layers after the backbone only (low-noise absolute cost).
-run step_time_head benchmarks/step_time.py --backend tensorflow --model head \
-  --batch 8 --jit off --reps 9 --steps 3 \
-  --variants plain,interp,labelfree,maskonly,interp_nolayerjit
-# (b) peak memory ratio, one process per measurement.
+# The proposed library changes must not change the loss or its gradient.
+"$PY" benchmarks/check_prototypes.py
+KERAS_BACKEND=jax "$PY" benchmarks/check_prototypes.py
+
+# (a) train-step ratio, VGG16 at 224, batch 8, XLA off and on.
+run step_jit_off "${STEP[@]}" --jit off --reps 7 --warmup 1 \
+  --variants plain,interp,interp_pick_fused
+run step_jit_on_library "${STEP[@]}" --jit on --reps 5 --warmup 1 \
+  --variants plain,interp
+run step_jit_on_proposed "${STEP[@]}" --jit on --reps 7 --warmup 1 \
+  --variants plain,interp_pick_fused,interp_pick
+# The layers after the backbone only: the absolute cost, with little noise.
 for jit in off on; do
-  run "memory_jit_$jit" benchmarks/memory.py --backend tensorflow \
-    --batch 8 --size 224 --jit "$jit" --reps 3
+  run "step_head_jit_$jit" benchmarks/step_time.py --backend tensorflow \
+    --model head --batch 8 --jit "$jit" --reps 9 --steps 3 \
+    --variants plain,interp_pick,interp_pick_fused,interp_pick_remat
+done
+# (b) peak memory, a fresh process per measurement.
+run memory_jit_off benchmarks/memory.py --backend tensorflow --batch 8 \
+  --size 224 --jit off --reps 2 \
+  --variants plain,interp,interp_pick_fused,interp_pick_remat
+run memory_jit_on benchmarks/memory.py --backend tensorflow --batch 8 \
+  --size 224 --jit on --reps 2 --variants plain,interp,interp_pick_fused
+# XLA's static memory analysis of the JAX train step (GPU-sized batch).
+for precision in float32 mixed_bfloat16; do
+  KERAS_BACKEND=jax run "xla_memory_$precision" benchmarks/step_time.py \
+    --backend jax --batch 64 --size 224 --compile-only \
+    --precision "$precision" --variants plain,interp,interp_pick_fused
 done
 # (c) the loss alone vs the naive (B, C, n^2, n^2) product, B=64, C=512, n=14.
 for jit in on off; do
   run "loss_alone_jit_$jit" benchmarks/loss_alone.py --backend tensorflow \
-    --batch 64 --jit "$jit" --reps 7
+    --batch 64 --jit "$jit" --reps 5
 done
 # (d) the CUB tf.data pipeline on a generated folder of full-size JPEGs.
 run input_pipeline benchmarks/input_pipeline.py \
-  --variants library,crop_decode,decode_only
+  --variants library,crop_decode,decode_only --reps 5
 # (e) location instability, 2,000 images x 512 filters.
 run location_instability benchmarks/location_instability.py \
   --collect-images 32
+run location_instability_cub benchmarks/location_instability.py \
+  --landmarks 15 --categories 200
 echo "done: $JSONL"
