@@ -44,7 +44,7 @@ def machine_info():
         with open("/proc/meminfo") as f:
             kib = int(f.readline().split()[1])
             info["ram_gib"] = round(kib / 2**20, 1)
-        info["loadavg_at_start"] = os.getloadavg()
+        info["loadavg_when_written"] = os.getloadavg()
     except OSError:
         pass
     for module in ("keras", "tensorflow", "jax", "torch", "numpy"):

@@ -36,7 +36,7 @@ TARGETS = {"gpu": 1.02, "cpu": 1.05}
 
 
 def device_kind(backend):
-    """"gpu" if the backend computes on a GPU, else "cpu"."""
+    """Returns "gpu" if the backend computes on a GPU, else "cpu"."""
     if backend == "jax":
         import jax
 

@@ -1,7 +1,7 @@
 """Prints the records of a results file (`*.jsonl`) as Markdown tables.
 
-    python benchmarks/summarize.py benchmarks/results/cpu.jsonl
-    python benchmarks/summarize.py "$OUT/gpu.jsonl"
+Usage: `python benchmarks/summarize.py benchmarks/results/cpu.jsonl`, or
+`python benchmarks/summarize.py "$OUT/gpu.jsonl"` for the GPU records.
 """
 
 import json
