@@ -289,11 +289,15 @@ def category_mutual_information(
     stats = template_log_likelihoods(
         feature_maps, beta=beta, tau=tau, alpha=alpha, reduction=reduction
     )
-    index = chosen_templates(feature_maps, positives, center=center)[..., None]
-    log_lik = ops.take_along_axis(stats["log_lik"], index, axis=-1)
-    log_ratio = ops.take_along_axis(stats["log_ratio"], index, axis=-1)
-    prior = ops.take(ops.exp(stats["log_prior"]), index)
-    return ops.sum((prior * ops.exp(log_lik) * log_ratio)[..., 0], axis=0)
+    index = chosen_templates(feature_maps, positives, center=center)
+    # A one-hot selection, not a gather: its shapes are static, so a TF
+    # train step jitted around the layer's own XLA block does not
+    # constant-fold and recompile every step (benchmarks/README.md).
+    select = ops.one_hot(index, stats["log_prior"].shape[0], dtype="float32")
+    log_lik = ops.sum(select * stats["log_lik"], axis=-1)
+    log_ratio = ops.sum(select * stats["log_ratio"], axis=-1)
+    prior = ops.sum(select * ops.exp(stats["log_prior"]), axis=-1)
+    return ops.sum(prior * ops.exp(log_lik) * log_ratio, axis=0)
 
 
 def _relative_weights(logits, factors, members):
