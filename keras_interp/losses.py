@@ -386,6 +386,17 @@ def authors_filter_gradient(
     return grad_pos + ops.broadcast_to(grad_neg, ops.shape(x))
 
 
+def code_to_paper_beta_scale(height: int, width: int):
+    """Factor from the authors' `[-1, 1]`-coordinate beta to paper units.
+
+    Their grid spans 2 units over `n - 1` cells, the paper's distance is in
+    units of `n` cells: `beta_paper = beta_code * 2 n / (n - 1)`, with
+    `n = (H + W) / 2`. None for a `1 x 1` map, where beta has no effect.
+    """
+    n = (height + width) / 2.0
+    return 2.0 * n / (n - 1.0) if n > 1.0 else None
+
+
 def learned_beta_target(
     feature_maps, positives, *, beta, center="centroid", reduction=None
 ):
@@ -417,8 +428,8 @@ def learned_beta_target(
     x = ops.stop_gradient(ops.cast(feature_maps, "float32"))
     _, height, width, filters = x.shape
     current = ops.broadcast_to(ops.cast(beta, "float32"), (filters,))
-    n = (height + width) / 2.0
-    if n <= 1.0:
+    scale = code_to_paper_beta_scale(height, width)
+    if scale is None:
         return current
     centers = templates_lib.part_centers(x, center=center)
     c = ops.cast(centers, "float32")
@@ -445,6 +456,6 @@ def learned_beta_target(
         ),
         ops.where(mean_sigma < 0, low, high),
     )
-    target = code_beta * (2.0 * n / (n - 1.0))
+    target = code_beta * scale
     has_positives = reduction.sum(ops.cast(positives, "float32"))[0] > 0
     return ops.where(has_positives, target, current)

@@ -54,12 +54,6 @@ def _check_choice(name, value, choices):
     return value
 
 
-def _code_to_paper_beta(height, width):
-    """Factor from the authors' [-1, 1]-coordinate beta to paper units."""
-    n = (height + width) / 2.0
-    return 2.0 * n / (n - 1.0) if n > 1.0 else 2.0
-
-
 def _labels_to_ids(labels, num_classes):
     """Class ids `[batch]` from ids `[batch]`/`[batch, 1]` or one-hot."""
     if (
@@ -231,7 +225,8 @@ class InterpretableMixin:
                 name="beta",
                 shape=(channels,),
                 initializer=keras.initializers.Constant(
-                    AUTHORS_BETA_INIT * _code_to_paper_beta(height, width)
+                    AUTHORS_BETA_INIT
+                    * (losses.code_to_paper_beta_scale(height, width) or 2.0)
                 ),
                 trainable=False,
                 autocast=False,  # State stays float32 under mixed precision.
