@@ -15,12 +15,11 @@ the same backbone, seeds and head; only the interpretable parts differ):
 * `interp_nolayerjit`: `interp` with the layers' own
   `tf.function(jit_compile=True)` removed (TensorFlow only), to see what the
   inner XLA cluster costs or saves.
-* `interp_pick`: `interp` with the `pick` prototype of `_prototypes.py`
-  (the category-aware loss without `take_along_axis`).
-* `interp_pick_remat`: `interp` with the `pick_remat` prototype (`pick`,
-  rematerialised in the backward pass).
-* `interp_pick_fused`: `interp` with the `pick_fused` prototype (`pick`,
-  and the loss's gradient computed in the forward pass).
+* `interp_unfused`, `interp_take`, `interp_remat`: `interp` with an
+  alternative of `_prototypes.py` switched on: the loss differentiated from
+  outside the layers' compiled function; that and the `take_along_axis`
+  template selection (the library of the first benchmark round); the loss
+  rematerialised in the backward pass.
 
 Models:
 
@@ -43,15 +42,15 @@ VARIANTS = (
     "maskonly",
     "authors",
     "interp_nolayerjit",
-    "interp_pick",
-    "interp_pick_remat",
-    "interp_pick_fused",
+    "interp_unfused",
+    "interp_take",
+    "interp_remat",
 )
-# Variants that run with a prototype of `_prototypes.py` switched on.
+# Variants that run with an alternative of `_prototypes.py` switched on.
 PROTOTYPE_OF = {
-    "interp_pick": "pick",
-    "interp_pick_remat": "pick_remat",
-    "interp_pick_fused": "pick_fused",
+    "interp_unfused": "unfused",
+    "interp_take": "take",
+    "interp_remat": "remat",
 }
 BACKEND = keras.backend.backend()
 # Small and non-zero: weights move (no constant folding) but stay finite.
@@ -68,9 +67,9 @@ def _variant_kwargs(variant):
         "maskonly": {"loss": None},
         "authors": {"loss": "authors"},
         "interp_nolayerjit": {},
-        "interp_pick": {},
-        "interp_pick_remat": {},
-        "interp_pick_fused": {},
+        "interp_unfused": {},
+        "interp_take": {},
+        "interp_remat": {},
     }[variant]
 
 

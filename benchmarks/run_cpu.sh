@@ -6,10 +6,10 @@
 #
 # One JSON record per benchmark is appended to OUTPUT_DIR/cpu.jsonl (default
 # benchmarks/results); `python benchmarks/summarize.py OUTPUT_DIR/cpu.jsonl`
-# prints them as tables. On 2 cores the set takes about an hour (a VGG16
-# train step at batch 8 takes 4-15 s, and the library's jit-on step ~15 s
-# because it recompiles), more on a loaded machine. Run one benchmark at a
-# time: they time the machine.
+# prints them as tables. On 2 idle cores the set takes about an hour (a
+# VGG16 train step at batch 8 takes about 4 s; interp_take's jit-on step
+# ~15 s because it recompiles), more on a loaded machine. Run one benchmark
+# at a time: they time the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-benchmarks/results}"
@@ -23,34 +23,35 @@ run() {
 }
 STEP=(benchmarks/step_time.py --backend tensorflow --batch 8 --size 224)
 
-# The proposed library changes must not change the loss or its gradient.
+# The alternatives in _prototypes.py must not change the loss or its gradient.
 "$PY" benchmarks/check_prototypes.py
 KERAS_BACKEND=jax "$PY" benchmarks/check_prototypes.py
 
-# (a) train-step ratio, VGG16 at 224, batch 8, XLA off and on.
+# (a) train-step ratio, VGG16 at 224, batch 8, XLA off and on; the library
+# (interp) and the first round's library (interp_take).
 run step_jit_off "${STEP[@]}" --jit off --reps 7 --warmup 1 \
-  --variants plain,interp,interp_pick_fused
-run step_jit_on_library "${STEP[@]}" --jit on --reps 5 --warmup 1 \
+  --variants plain,interp,interp_unfused
+run step_jit_on "${STEP[@]}" --jit on --reps 7 --warmup 1 \
   --variants plain,interp
-run step_jit_on_proposed "${STEP[@]}" --jit on --reps 7 --warmup 1 \
-  --variants plain,interp_pick_fused,interp_pick
+run step_jit_on_take "${STEP[@]}" --jit on --reps 3 --warmup 1 \
+  --variants plain,interp_take
 # The layers after the backbone only: the absolute cost, with little noise.
 for jit in off on; do
   run "step_head_jit_$jit" benchmarks/step_time.py --backend tensorflow \
     --model head --batch 8 --jit "$jit" --reps 9 --steps 3 \
-    --variants plain,interp_pick,interp_pick_fused,interp_pick_remat
+    --variants plain,interp,interp_unfused,interp_remat
 done
 # (b) peak memory, a fresh process per measurement.
 run memory_jit_off benchmarks/memory.py --backend tensorflow --batch 8 \
   --size 224 --jit off --reps 2 \
-  --variants plain,interp,interp_pick_fused,interp_pick_remat
+  --variants plain,interp,interp_unfused,interp_remat
 run memory_jit_on benchmarks/memory.py --backend tensorflow --batch 8 \
-  --size 224 --jit on --reps 2 --variants plain,interp,interp_pick_fused
+  --size 224 --jit on --reps 2 --variants plain,interp
 # XLA's static memory analysis of the JAX train step (GPU-sized batch).
 for precision in float32 mixed_bfloat16; do
   KERAS_BACKEND=jax run "xla_memory_$precision" benchmarks/step_time.py \
     --backend jax --batch 64 --size 224 --compile-only \
-    --precision "$precision" --variants plain,interp,interp_pick_fused
+    --precision "$precision" --variants plain,interp
 done
 # (c) the loss alone vs the naive (B, C, n^2, n^2) product, B=64, C=512, n=14.
 for jit in on off; do

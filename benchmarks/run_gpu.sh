@@ -15,8 +15,9 @@
 #
 # Results: one JSON record per benchmark appended to OUTPUT_DIR/gpu.jsonl
 # (default: $OUT if set, else benchmarks/results), logs in OUTPUT_DIR/*.log.
-# VARIANTS overrides the step-time variants (default plain,interp; add
-# interp_pick_fused for the proposed fused-gradient loss). SMOKE=1 runs the
+# VARIANTS overrides the step-time and memory variants (default
+# plain,interp; add interp_take to time the first round's gather-based
+# template selection). SMOKE=1 runs the
 # same commands at toy sizes (batch 2, 32 px, tiny_vgg), e.g. on a CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -54,6 +54,39 @@ def _check_choice(name, value, choices):
     return value
 
 
+def _with_forward_gradient(fn, x):
+    """`fn(x)`, a scalar, with its gradient taken in the forward pass.
+
+    TensorFlow only. The filter loss is a leaf of the training objective, so
+    its gradient with respect to the maps is `upstream * dfn/dx` with a
+    scalar `upstream`: exact. Taking `dfn/dx` right away, inside the layer's
+    compiled function, lets the dozen `[batch, filters, H*W + 1]`
+    intermediates of the loss die there; TensorFlow would otherwise return
+    them from the compiled function and keep them alive until the backward
+    pass (+15 % peak memory for a VGG16 at batch 8, `benchmarks/README.md`).
+    Only one map-sized gradient is kept. On JAX the whole train step is one
+    XLA program, which frees them by itself. Second derivatives of the loss
+    are not available through this path.
+    """
+    import tensorflow as tf
+
+    @ops.custom_gradient
+    def value_with_gradient(maps):
+        with tf.GradientTape() as tape:
+            tape.watch(maps)
+            value = fn(maps)
+        gradient = tape.gradient(value, maps)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return upstream * gradient
+
+        return value, grad
+
+    return value_with_gradient(x)
+
+
 def _labels_to_ids(labels, num_classes):
     """Class ids `[batch]` from ids `[batch]`/`[batch, 1]` or one-hot."""
     if (
@@ -396,6 +429,10 @@ class InterpretableMixin:
             return -losses.mutual_information(maps, **kwargs)
 
         if self.loss == "mutual_information":
+            if reduction is None and keras.backend.backend() == "tensorflow":
+                return _with_forward_gradient(
+                    lambda maps: ops.sum(exact(maps)), x32
+                )
             return ops.sum(exact(x32))
 
         # The authors' surrogate (flipped-batch partition estimate, per-set
@@ -513,7 +550,10 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
     JAX, keras-team/keras#21639). On the TensorFlow backend the template,
     mask and loss math runs in a `tf.function(jit_compile=True)`, so it is
     XLA-compiled even where Keras does not jit the model (CPU, or any
-    `tf.distribute` strategy).
+    `tf.distribute` strategy). With one replica, the exact loss's gradient
+    is taken inside that compiled block and injected with a custom
+    gradient, so that the loss's intermediates are not kept for the
+    backward pass (no second derivatives through the loss).
 
     Args:
         loss: `"mutual_information"` (default): the exact `-MI` of Eq. 1, or
