@@ -4,14 +4,35 @@
 and `default_data_dir` provide a generated stand-in in the same format, and
 `make_dataset` / `load_tfds_cub` turn either source into batches of one
 schema (see `keras_interp.data.pipeline`).
+
+Only the pipeline needs TensorFlow. It is imported on first use, so that the
+CUB reader and the synthetic dataset work under any Keras backend without
+TensorFlow installed.
 """
+
+import importlib
 
 from keras_interp.data.cub import CubIndex
 from keras_interp.data.cub import read_cub
-from keras_interp.data.pipeline import dataset_sizes
-from keras_interp.data.pipeline import flip_permutation
-from keras_interp.data.pipeline import make_dataset
-from keras_interp.data.pipeline import read_negatives
 from keras_interp.data.synthetic import default_data_dir
 from keras_interp.data.synthetic import write_synthetic_parts
-from keras_interp.data.tfds_cub import load_tfds_cub
+
+# Public names of the TensorFlow modules, imported on first access.
+_LAZY = {
+    "dataset_sizes": "pipeline",
+    "flip_permutation": "pipeline",
+    "make_dataset": "pipeline",
+    "read_negatives": "pipeline",
+    "load_tfds_cub": "tfds_cub",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
