@@ -38,22 +38,22 @@ _ORIGINAL = {
     (losses, "category_mutual_information"): (
         losses.category_mutual_information
     ),
-    (interpretable_mask, "_with_forward_gradient"): (
-        interpretable_mask._with_forward_gradient
+    (interpretable_mask, "_value_and_gradient"): (
+        interpretable_mask._value_and_gradient
     ),
 }
 
 
-def _autodiff(fn, x):
+def _autodiff(fn, maps, positives, beta):
     """The loss as is: the backward pass is left to autodiff."""
-    return fn(x)
+    return fn(maps, positives, beta), None
 
 
-def _rematerialised(fn, x):
-    """`fn(x)` whose backward pass recomputes its forward (TensorFlow)."""
+def _rematerialised(fn, maps, positives, beta):
+    """The loss, its backward pass recomputing its forward (TensorFlow)."""
     import tensorflow as tf
 
-    return tf.recompute_grad(fn)(x)
+    return tf.recompute_grad(lambda m: fn(m, positives, beta))(maps), None
 
 
 def category_mutual_information_take(
@@ -79,14 +79,14 @@ def category_mutual_information_take(
 
 
 PROTOTYPES = {
-    "unfused": {(interpretable_mask, "_with_forward_gradient"): _autodiff},
+    "unfused": {(interpretable_mask, "_value_and_gradient"): _autodiff},
     "take": {
-        (interpretable_mask, "_with_forward_gradient"): _autodiff,
+        (interpretable_mask, "_value_and_gradient"): _autodiff,
         (losses, "category_mutual_information"): (
             category_mutual_information_take
         ),
     },
-    "remat": {(interpretable_mask, "_with_forward_gradient"): _rematerialised},
+    "remat": {(interpretable_mask, "_value_and_gradient"): _rematerialised},
 }
 
 

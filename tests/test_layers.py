@@ -365,20 +365,37 @@ def test_authors_loss_injects_the_authors_gradient():
     np.testing.assert_allclose(float(loss), -weight * mi, rtol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["eager", "function", "xla_step"])
+@pytest.mark.parametrize(
+    "mode,chunk,beta",
+    [
+        ("eager", 64, 4.0),
+        ("function", 64, 4.0),
+        ("xla_step", 64, 4.0),
+        ("eager", 2, 4.0),  # filters in groups of 2
+        ("xla_step", 2, 4.0),
+        ("function", 2, [3.0, 4.0, 5.0, 6.0]),  # one beta per filter
+        ("function", 3, 4.0),  # 3 does not divide 4: groups of 2
+    ],
+)
 @pytest.mark.parametrize("use_labels", [False, True])
-def test_exact_loss_gradient_is_autodiff_of_the_loss(mode, use_labels):
+def test_exact_loss_gradient_is_autodiff_of_the_loss(
+    mode, chunk, beta, use_labels, monkeypatch
+):
     # On TensorFlow the layer takes the exact loss's gradient in its forward
-    # pass and injects it with a custom gradient; it must equal plain
-    # autodiff of the loss function, times the upstream gradient.
+    # pass, a group of filters at a time, and injects it; it must equal
+    # plain autodiff of the loss function, times the upstream gradient.
     import tensorflow as tf
 
+    from keras_interp.layers import interpretable_mask
+
+    monkeypatch.setattr(interpretable_mask, "FILTER_CHUNK", chunk)
     weight, upstream = 0.7, 3.0
     x = tf.constant(maps((6, 5, 5, 4), seed=11) + 0.01)  # > 0: ReLU identity
     labels = tf.constant([0, 1, 2, 1, 2, 0])
     assigned = np.array([1, 2, 1, 2])
     layer = keras_interp.InterpretableMask(
         loss_weight=weight,
+        beta=beta,
         num_classes=3,
         background_class=0,
         jit_compile=mode != "eager",
@@ -399,15 +416,18 @@ def test_exact_loss_gradient_is_autodiff_of_the_loss(mode, use_labels):
         layer_step = tf.function(layer_step, jit_compile=mode == "xla_step")
     value, grad = layer_step(x)
 
+    beta_tensor = tf.constant(beta, "float32")
     with tf.GradientTape() as tape:
         tape.watch(x)
         if use_labels:
             positives = (labels.numpy()[:, None] == assigned[None, :]) & (
                 labels.numpy()[:, None] != 0
             )
-            mi = keras_interp.category_mutual_information(x, positives)
+            mi = keras_interp.category_mutual_information(
+                x, positives, beta=beta_tensor
+            )
         else:
-            mi = keras_interp.mutual_information(x)
+            mi = keras_interp.mutual_information(x, beta=beta_tensor)
         expected_value = -upstream * weight * ops.sum(mi)
     expected_grad = tape.gradient(expected_value, x).numpy()
     assert np.max(np.abs(expected_grad)) > 1e-7  # a real gradient

@@ -25,6 +25,9 @@ DEFAULT_ASSIGNMENT_MOMENTUM = 0.9
 DEFAULT_BETA_RATE = 0.1
 # Authors' `add_block_mask.m` initialises beta to 2.0 in [-1, 1] coordinates.
 AUTHORS_BETA_INIT = 2.0
+# Filters per group when the layer takes the exact loss's gradient itself
+# (TensorFlow): bounds the loss's working memory inside the compiled block.
+FILTER_CHUNK = 64
 
 
 def _check_float(name, value, low=None, high=None, low_open=False):
@@ -54,37 +57,75 @@ def _check_choice(name, value, choices):
     return value
 
 
-def _with_forward_gradient(fn, x):
-    """`fn(x)`, a scalar, with its gradient taken in the forward pass.
+def _value_and_gradient(fn, maps, positives, beta):
+    """`fn(maps, positives, beta)` and its gradient `d/dmaps` (TensorFlow).
 
-    TensorFlow only. The filter loss is a leaf of the training objective, so
-    its gradient with respect to the maps is `upstream * dfn/dx` with a
-    scalar `upstream`: exact. Taking `dfn/dx` right away, inside the layer's
-    compiled function, lets the dozen `[batch, filters, H*W + 1]`
-    intermediates of the loss die there; TensorFlow would otherwise return
-    them from the compiled function and keep them alive until the backward
-    pass (+15 % peak memory for a VGG16 at batch 8, `benchmarks/README.md`).
-    Only one map-sized gradient is kept. On JAX the whole train step is one
-    XLA program, which frees them by itself. Second derivatives of the loss
-    are not available through this path.
+    `fn` is a sum of independent per-filter terms (the filter loss), so it
+    is evaluated `FILTER_CHUNK` filters at a time, with each group's
+    gradient taken right away. Inside the layer's compiled function the
+    loss's `[batch, filters, H*W + 1]` intermediates then exist for one
+    group at a time and die there, instead of being kept for the backward
+    pass (`benchmarks/README.md`).
     """
     import tensorflow as tf
 
-    @ops.custom_gradient
-    def value_with_gradient(maps):
+    def value_and_gradient(args):
+        maps, positives, beta = args
         with tf.GradientTape() as tape:
             tape.watch(maps)
-            value = fn(maps)
-        gradient = tape.gradient(value, maps)
+            value = fn(maps, positives, beta)
+        return value, tape.gradient(value, maps)
 
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            return upstream * gradient
+    _, height, width, filters = maps.shape
+    chunk = max(
+        d for d in range(1, min(filters, FILTER_CHUNK) + 1) if filters % d == 0
+    )
+    groups = filters // chunk
+    if groups == 1:
+        return value_and_gradient((maps, positives, beta))
+    batch = tf.shape(maps)[0]
+    grouped_maps = tf.transpose(
+        tf.reshape(maps, [batch, height, width, groups, chunk]),
+        [3, 0, 1, 2, 4],
+    )
+    grouped_positives = tf.transpose(
+        tf.reshape(positives, [batch, groups, chunk]), [1, 0, 2]
+    )
+    per_filter_beta = tf.is_tensor(beta) and beta.shape.rank > 0
+    if per_filter_beta:
+        grouped_beta = tf.reshape(beta, [groups, chunk])
+    else:  # One beta: the templates stay shared by all filters.
+        grouped_beta = tf.fill([groups], tf.cast(beta, "float32"))
 
-        return value, grad
+    def group(args):
+        maps, positives, group_beta = args
+        return value_and_gradient(
+            (maps, positives, group_beta if per_filter_beta else beta)
+        )
 
-    return value_with_gradient(x)
+    values, gradients = tf.map_fn(
+        group,
+        (grouped_maps, grouped_positives, grouped_beta),
+        fn_output_signature=(tf.float32, tf.float32),
+    )
+    gradient = tf.reshape(
+        tf.transpose(gradients, [1, 2, 3, 0, 4]),
+        [batch, height, width, filters],
+    )
+    return tf.reduce_sum(values), gradient
+
+
+def _with_gradient(value, gradient, x):
+    """`value`, with `gradient` as its gradient with respect to `x`.
+
+    `stop(value) + s - stop(s)` with `s = sum(stop(gradient) * x)`: the value
+    is unchanged (`s - stop(s)` is exactly 0) and `d/dx = gradient`. The
+    backward pass keeps only `gradient` (and `x`, which the network keeps
+    anyway). Pure `keras.ops`, no custom-gradient machinery. The gradient is
+    a constant of the backward pass: no second derivatives.
+    """
+    s = ops.sum(ops.stop_gradient(gradient) * ops.cast(x, "float32"))
+    return ops.stop_gradient(value) + (s - ops.stop_gradient(s))
 
 
 def _labels_to_ids(labels, num_classes):
@@ -339,9 +380,13 @@ class InterpretableMixin:
     ):
         """Mask, loss and state updates for channels-last post-ReLU maps.
 
-        `reduction` and `replicas` come from `distribute.replica_reduction`:
-        with several replicas the batch statistics are global and the loss is
-        this replica's share, times `replicas` to undo Keras' 1/R scaling.
+        Returns a dict: `mask`; while training `loss` and, where the layer
+        computes it itself, `loss_gradient` (see `_filter_loss`); the new
+        `class_activation` and `beta` state. Only a `loss` without a
+        `loss_gradient` carries a gradient. `reduction` and `replicas` come
+        from `distribute.replica_reduction`: with several replicas the batch
+        statistics are global and the loss is this replica's share, times
+        `replicas` to undo Keras' 1/R scaling.
         """
         x32 = ops.cast(x, "float32")
         out = {}
@@ -358,9 +403,17 @@ class InterpretableMixin:
             weight = self.loss_weight
             if self.loss_weight_decay == "inverse_epoch":
                 weight = weight / epoch
-            out["loss"] = (weight * replicas) * self._filter_loss(
-                x32, beta, positives, use_labels, epoch, reduction
+            out["loss"], gradient = self._filter_loss(
+                x32,
+                beta,
+                positives,
+                use_labels,
+                epoch,
+                reduction,
+                scale=weight * replicas,
             )
+            if gradient is not None:
+                out["loss_gradient"] = gradient
             if self.beta_variable is not None:
                 target = losses.learned_beta_target(
                     x32,
@@ -371,10 +424,17 @@ class InterpretableMixin:
                 )
                 out["beta"] = beta + self.beta_rate * (target - beta)
         if training or self.mask_at_inference:
-            mask = templates.part_mask(x32, beta=beta, center=self.center)
-            out["outputs"] = x * ops.cast(mask, x.dtype)
-        else:
-            out["outputs"] = x
+            # Applied by the caller: the backward pass of `x * mask` then
+            # needs only `x`, which the network keeps anyway, and `mask`.
+            out["mask"] = templates.part_mask(
+                x32, beta=beta, center=self.center
+            )
+        # Nothing else is differentiated through this function: with no
+        # gradient path, TensorFlow keeps none of its intermediates for the
+        # backward pass.
+        for key in out:
+            if key != "loss" or "loss_gradient" in out:
+                out[key] = ops.stop_gradient(out[key])
         return out
 
     def _positives(self, x32, labels, class_activation, reduction):
@@ -413,56 +473,52 @@ class InterpretableMixin:
         rho = 1.0 / foreground
         return 0.5 / rho, 0.5 / (1.0 - rho)
 
-    def _filter_loss(self, x32, beta, positives, use_labels, epoch, reduction):
-        kwargs = {
-            "beta": beta,
-            "tau": self.tau,
-            "alpha": self.alpha,
-            "reduction": reduction,
-        }
+    def _filter_loss(
+        self, x32, beta, positives, use_labels, epoch, reduction, scale
+    ):
+        """`scale` times the filter loss, and its gradient or None.
 
-        def exact(maps):
+        The gradient with respect to `x32` is returned where the layer
+        computes it in the forward pass: the authors' surrogate, and on
+        TensorFlow with one replica the exact loss's own gradient (taken
+        here, inside the compiled function; `_value_and_gradient`). None
+        leaves the gradient to autodiff. The filter loss is a leaf of the
+        training objective, so a gradient taken in the forward pass is
+        exact for the first derivative.
+        """
+        kwargs = {"tau": self.tau, "alpha": self.alpha, "reduction": reduction}
+
+        def exact(maps, positives, beta):
             if use_labels:
-                return -losses.category_mutual_information(
-                    maps, positives, center=self.center, **kwargs
+                mi = losses.category_mutual_information(
+                    maps, positives, beta=beta, center=self.center, **kwargs
                 )
-            return -losses.mutual_information(maps, **kwargs)
+            else:
+                mi = losses.mutual_information(maps, beta=beta, **kwargs)
+            return -scale * ops.sum(mi)
 
         if self.loss == "mutual_information":
             if reduction is None and keras.backend.backend() == "tensorflow":
-                return _with_forward_gradient(
-                    lambda maps: ops.sum(exact(maps)), x32
-                )
-            return ops.sum(exact(x32))
+                return _value_and_gradient(exact, x32, positives, beta)
+            return exact(x32, positives, beta), None
 
         # The authors' surrogate (flipped-batch partition estimate, per-set
         # normalisation) stays per replica under tf.distribute.
         w_pos, w_neg = self._authors_class_weights()
-
-        @ops.custom_gradient
-        def authors(maps):
-            value = ops.sum(exact(maps))
-            surrogate = losses.authors_filter_gradient(
-                maps,
-                positives,
-                beta=beta,
-                center=self.center,
-                epoch=epoch,
-                positive_weight=w_pos,
-                negative_weight=w_neg,
-            )
-            # The authors' term is for a batch-summed objective; Keras
-            # losses are batch means.
-            surrogate = surrogate / ops.cast(ops.shape(maps)[0], "float32")
-
-            def grad(*args, upstream=None):
-                if upstream is None:
-                    (upstream,) = args
-                return upstream * surrogate
-
-            return value, grad
-
-        return authors(x32)
+        surrogate = losses.authors_filter_gradient(
+            x32,
+            positives,
+            beta=beta,
+            center=self.center,
+            epoch=epoch,
+            positive_weight=w_pos,
+            negative_weight=w_neg,
+        )
+        # The authors' term is for a batch-summed objective; Keras losses
+        # are batch means.
+        batch = ops.cast(ops.shape(x32)[0], "float32")
+        value = ops.stop_gradient(exact(x32, positives, beta))
+        return value, scale * surrogate / batch
 
     def _interpret(self, x, labels=None, training=None):
         """Runs the shared computation on post-ReLU maps `x`."""
@@ -506,14 +562,19 @@ class InterpretableMixin:
                 replicas=replicas,
             )
         if "loss" in out:
-            self.add_loss(out["loss"])
+            loss = out["loss"]
+            if "loss_gradient" in out:
+                loss = _with_gradient(loss, out["loss_gradient"], x)
+            self.add_loss(loss)
             if self.filter_loss_tracker is not None:
                 self.filter_loss_tracker.update_state(out["loss"])
         if "class_activation" in out:
             self.class_activation.assign(out["class_activation"])
         if "beta" in out:
             self.beta_variable.assign(out["beta"])
-        outputs = out["outputs"]
+        outputs = x
+        if "mask" in out:
+            outputs = x * ops.cast(out["mask"], x.dtype)
         if channels_first:
             outputs = ops.transpose(outputs, (0, 3, 1, 2))
         return outputs
