@@ -20,6 +20,8 @@ the same backbone, seeds and head; only the interpretable parts differ):
   outside the layers' compiled function; that and the `take_along_axis`
   template selection (the library of the first benchmark round); the loss
   rematerialised in the backward pass.
+* `interp_chunk128`, `interp_chunk512`: the loss's gradient taken 128 or
+  512 filters at a time (the library: 64).
 
 Models:
 
@@ -45,12 +47,16 @@ VARIANTS = (
     "interp_unfused",
     "interp_take",
     "interp_remat",
+    "interp_chunk128",
+    "interp_chunk512",
 )
 # Variants that run with an alternative of `_prototypes.py` switched on.
 PROTOTYPE_OF = {
     "interp_unfused": "unfused",
     "interp_take": "take",
     "interp_remat": "remat",
+    "interp_chunk128": "chunk128",
+    "interp_chunk512": "chunk512",
 }
 BACKEND = keras.backend.backend()
 # Small and non-zero: weights move (no constant folding) but stay finite.
@@ -70,6 +76,8 @@ def _variant_kwargs(variant):
         "interp_unfused": {},
         "interp_take": {},
         "interp_remat": {},
+        "interp_chunk128": {},
+        "interp_chunk512": {},
     }[variant]
 
 

@@ -23,6 +23,10 @@ show what each change buys:
   (`tf.recompute_grad`): saves memory too, but costs a second forward of
   the loss.
 
+* `chunk128`, `chunk512`: the loss's gradient taken 128 or 512 filters
+  at a time instead of the library's 64 (`FILTER_CHUNK`): the trade
+  between the loss's working memory and the loop's overhead.
+
 `unfused` and `remat` change only the TensorFlow path (the library takes
 the forward gradient on TensorFlow only); `take` changes JAX too.
 """
@@ -41,6 +45,7 @@ _ORIGINAL = {
     (interpretable_mask, "_value_and_gradient"): (
         interpretable_mask._value_and_gradient
     ),
+    (interpretable_mask, "FILTER_CHUNK"): interpretable_mask.FILTER_CHUNK,
 }
 
 
@@ -87,6 +92,8 @@ PROTOTYPES = {
         ),
     },
     "remat": {(interpretable_mask, "_value_and_gradient"): _rematerialised},
+    "chunk128": {(interpretable_mask, "FILTER_CHUNK"): 128},
+    "chunk512": {(interpretable_mask, "FILTER_CHUNK"): 512},
 }
 
 

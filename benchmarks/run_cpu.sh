@@ -28,7 +28,8 @@ STEP=(benchmarks/step_time.py --backend tensorflow --batch 8 --size 224)
 KERAS_BACKEND=jax "$PY" benchmarks/check_prototypes.py
 
 # (a) train-step ratio, VGG16 at 224, batch 8, XLA off and on; the library
-# (interp) and the first round's library (interp_take).
+# (interp), its loss differentiated from outside the layers' compiled block
+# (interp_unfused) and the first round's gather (interp_take).
 run step_jit_off "${STEP[@]}" --jit off --reps 7 --warmup 1 \
   --variants plain,interp,interp_unfused
 run step_jit_on "${STEP[@]}" --jit on --reps 7 --warmup 1 \
@@ -39,14 +40,20 @@ run step_jit_on_take "${STEP[@]}" --jit on --reps 3 --warmup 1 \
 for jit in off on; do
   run "step_head_jit_$jit" benchmarks/step_time.py --backend tensorflow \
     --model head --batch 8 --jit "$jit" --reps 9 --steps 3 \
-    --variants plain,interp,interp_unfused,interp_remat
+    --variants plain,interp,interp_unfused,maskonly
 done
-# (b) peak memory, a fresh process per measurement.
-run memory_jit_off benchmarks/memory.py --backend tensorflow --batch 8 \
-  --size 224 --jit off --reps 2 \
-  --variants plain,interp,interp_unfused,interp_remat
+# (b) peak memory, a fresh process per measurement; batch 16 too, since
+# what the layers keep grows with the batch.
+for batch in 8 16; do
+  run "memory_jit_off_$batch" benchmarks/memory.py --backend tensorflow \
+    --batch "$batch" --size 224 --jit off --reps 2 \
+    --variants plain,interp,interp_unfused
+done
 run memory_jit_on benchmarks/memory.py --backend tensorflow --batch 8 \
   --size 224 --jit on --reps 2 --variants plain,interp
+run memory_head benchmarks/memory.py --backend tensorflow --model head \
+  --batch 16 --jit off --reps 2 \
+  --variants plain,interp,interp_unfused,interp_remat,maskonly,authors
 # XLA's static memory analysis of the JAX train step (GPU-sized batch).
 for precision in float32 mixed_bfloat16; do
   KERAS_BACKEND=jax run "xla_memory_$precision" benchmarks/step_time.py \

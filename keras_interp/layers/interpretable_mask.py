@@ -612,15 +612,15 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
     mask and loss math runs in a `tf.function(jit_compile=True)`, so it is
     XLA-compiled even where Keras does not jit the model (CPU, or any
     `tf.distribute` strategy). With one replica, the exact loss's gradient
-    is taken inside that compiled block and injected with a custom
-    gradient, so that the loss's intermediates are not kept for the
-    backward pass (no second derivatives through the loss).
+    is also taken inside that block, 64 filters at a time, and attached to
+    the loss outside it, so that no intermediate of the loss is kept for
+    the backward pass (the loss then has no second derivatives).
 
     Args:
         loss: `"mutual_information"` (default): the exact `-MI` of Eq. 1, or
             its category-aware form with labels; `"authors"`: the same value,
             but with the authors' surrogate gradient (`our_vl_simplenn.m`,
-            `authors_filter_gradient`) injected through a custom gradient;
+            `authors_filter_gradient`) in place of its own gradient;
             `None`: mask only, no loss.
         loss_weight: float `lambda` >= 0, applied to the sum of the per-filter
             losses, so each filter's gradient is `lambda dLoss_f / dx` as in
