@@ -6,7 +6,7 @@
 #
 # One JSON record per benchmark is appended to OUTPUT_DIR/cpu.jsonl (default
 # benchmarks/results); `python benchmarks/summarize.py OUTPUT_DIR/cpu.jsonl`
-# prints them as tables. On 2 idle cores the set takes about an hour (a
+# prints them as tables. On 2 idle cores the set takes about 20 minutes (a
 # VGG16 train step at batch 8 takes about 4 s; interp_take's jit-on step
 # ~15 s because it recompiles), more on a loaded machine. Run one benchmark
 # at a time: they time the machine.
