@@ -144,6 +144,42 @@ def test_layer_math_is_xla_compiled_inside_an_unjitted_step():
     assert _xla_calls(graph) == []
 
 
+def test_nothing_is_differentiated_through_the_compiled_block():
+    # TensorFlow differentiates a nested function from outside by making it
+    # return what its backward pass needs. The layers' block must need
+    # nothing: it returns the mask, the loss, the loss's gradient (one map
+    # each) and the state, and no [batch, filters, H*W + 1] loss tensor.
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras_interp.InterpretableConv2D(
+                8, 3, padding="same", num_classes=3, beta="learned"
+            ),
+        ]
+    )
+    labels = tf.constant([0, 1, 2, 1])
+
+    @tf.function(jit_compile=False)
+    def train_step(x):
+        with tf.GradientTape() as tape:
+            y = model(x, labels=labels, training=True)
+            loss = tf.reduce_sum(y) + tf.add_n(model.losses)
+        return tape.gradient(loss, model.trainable_variables)
+
+    graph = train_step.get_concrete_function(maps((4, 6, 6, 2))).graph
+    calls = [
+        op
+        for op in graph.get_operations()
+        if "_XlaMustCompile" in op.node_def.attr
+        and op.get_attr("_XlaMustCompile")
+    ]
+    assert len(calls) == 1  # a forward call, and no backward call for it
+    shapes = [tuple(t.shape) for t in calls[0].outputs]
+    assert shapes.count((4, 6, 6, 8)) == 2, shapes  # mask, loss gradient
+    assert not [s for s in shapes if s[-1:] == (37,)], shapes  # H*W + 1
+    assert len(shapes) <= 5, shapes
+
+
 def test_xla_under_a_strategy_where_keras_turns_jit_off():
     strategy = tf.distribute.MirroredStrategy(["CPU:0"])
     with strategy.scope():
