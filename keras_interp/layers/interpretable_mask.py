@@ -91,22 +91,17 @@ def _value_and_gradient(fn, maps, positives, beta):
     grouped_positives = tf.transpose(
         tf.reshape(positives, [batch, groups, chunk]), [1, 0, 2]
     )
-    per_filter_beta = tf.is_tensor(beta) and beta.shape.rank > 0
-    if per_filter_beta:
-        grouped_beta = tf.reshape(beta, [groups, chunk])
+    grouped = (grouped_maps, grouped_positives)
+    if tf.is_tensor(beta) and beta.shape.rank > 0:  # One beta per filter.
+        grouped += (tf.reshape(beta, [groups, chunk]),)
+        group = value_and_gradient
     else:  # One beta: the templates stay shared by all filters.
-        grouped_beta = tf.fill([groups], tf.cast(beta, "float32"))
 
-    def group(args):
-        maps, positives, group_beta = args
-        return value_and_gradient(
-            (maps, positives, group_beta if per_filter_beta else beta)
-        )
+        def group(args):
+            return value_and_gradient((*args, beta))
 
     values, gradients = tf.map_fn(
-        group,
-        (grouped_maps, grouped_positives, grouped_beta),
-        fn_output_signature=(tf.float32, tf.float32),
+        group, grouped, fn_output_signature=(tf.float32, tf.float32)
     )
     gradient = tf.reshape(
         tf.transpose(gradients, [1, 2, 3, 0, 4]),
@@ -517,8 +512,7 @@ class InterpretableMixin:
         # The authors' term is for a batch-summed objective; Keras losses
         # are batch means.
         batch = ops.cast(ops.shape(x32)[0], "float32")
-        value = ops.stop_gradient(exact(x32, positives, beta))
-        return value, scale * surrogate / batch
+        return exact(x32, positives, beta), scale * surrogate / batch
 
     def _interpret(self, x, labels=None, training=None):
         """Runs the shared computation on post-ReLU maps `x`."""
