@@ -17,6 +17,7 @@ produces the peaks) on N random images with a VGG16 interpretable model at
 """
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -136,28 +137,17 @@ def main(argv=None):
     )
     index, value, landmarks, visible, labels = synthetic_peaks(args)
 
-    def single():
-        return location_instability(
-            index,
-            value,
-            landmarks,
-            visible,
-            image_size=args.image_size,
-            receptive_field=rf,
-            top_k=args.top_k,
-        )
-
-    def multi():
-        return location_instability(
-            index,
-            value,
-            landmarks,
-            visible,
-            image_size=args.image_size,
-            receptive_field=rf,
-            top_k=args.top_k,
-            labels=labels,
-        )
+    single = functools.partial(
+        location_instability,
+        index,
+        value,
+        landmarks,
+        visible,
+        image_size=args.image_size,
+        receptive_field=rf,
+        top_k=args.top_k,
+    )
+    multi = functools.partial(single, labels=labels)
 
     results = {}
     score = single()

@@ -91,7 +91,7 @@ def test_layer_runs_in_every_mode(mode):
 
 
 def _xla_calls(graph, seen=None):
-    """Names of the must-compile (XLA) function calls reachable from graph."""
+    """The must-compile (XLA) function-call ops reachable from graph."""
     seen = set() if seen is None else seen
     found = []
     for op in graph.get_operations():
@@ -100,7 +100,7 @@ def _xla_calls(graph, seen=None):
         except ValueError:
             must = False
         if must:
-            found.append(op.get_attr("f").name)
+            found.append(op)
     for name, function in getattr(graph, "_functions", {}).items():
         if name not in seen:
             seen.add(name)
@@ -167,12 +167,7 @@ def test_nothing_is_differentiated_through_the_compiled_block():
         return tape.gradient(loss, model.trainable_variables)
 
     graph = train_step.get_concrete_function(maps((4, 6, 6, 2))).graph
-    calls = [
-        op
-        for op in graph.get_operations()
-        if "_XlaMustCompile" in op.node_def.attr
-        and op.get_attr("_XlaMustCompile")
-    ]
+    calls = _xla_calls(graph)
     assert len(calls) == 1  # a forward call, and no backward call for it
     shapes = [tuple(t.shape) for t in calls[0].outputs]
     assert shapes.count((4, 6, 6, 8)) == 2, shapes  # mask, loss gradient
