@@ -1,4 +1,25 @@
-"""Packaging for keras_interp."""
+"""Packaging for keras_interp.
+
+Dependencies (see README, "Install"):
+
+* `install_requires`: the runtime of the main job, except the TensorFlow
+  wheel itself: Keras 3, TensorFlow Datasets, NumPy, absl-py, TensorBoard
+  and Pillow.
+* TensorFlow is chosen with exactly one extra, because TensorFlow publishes
+  the same library under two names (`tensorflow-cpu`, `tensorflow`) that pip
+  treats as unrelated packages writing the same files. Naming one in
+  `install_requires` would make the other extra install both, overwriting
+  each other:
+    - `cpu`: `tensorflow-cpu` where it is published (Linux x86-64, about 600 MB
+      smaller unpacked), `tensorflow` elsewhere (macOS, Linux aarch64);
+    - `gpu`: `tensorflow[and-cuda]`, TensorFlow plus NVIDIA's CUDA wheels.
+* Other backends and tools: `jax`, `torch`, `viz` (matplotlib, for
+  `keras_interp.evaluation.visualize`), and `test` (pytest and the JAX and
+  PyTorch CPU builds the backend tests run on).
+
+The exact versions CI tests are pinned in `requirements.txt` (runtime) and
+`requirements-ci.txt` (tests); this file keeps ranges.
+"""
 
 import pathlib
 
@@ -6,6 +27,42 @@ from setuptools import find_packages
 from setuptools import setup
 
 HERE = pathlib.Path(__file__).parent
+
+TENSORFLOW = "==2.21.*"
+# tensorflow-cpu wheels exist for Linux x86-64 only (PEP 508 has no "not").
+HAS_TENSORFLOW_CPU = 'sys_platform == "linux" and platform_machine == "x86_64"'
+NO_TENSORFLOW_CPU = 'sys_platform != "linux" or platform_machine != "x86_64"'
+
+INSTALL_REQUIRES = [
+    "keras>=3.15,<4",
+    "tensorflow-datasets>=4.9",
+    "numpy>=1.26",
+    "absl-py>=1.0",
+    # keras.callbacks.TensorBoard needs it; tensorflow-cpu 2.21 does not
+    # pull it in.
+    "tensorboard>=2.21",
+    # The embedded synthetic part dataset is drawn with Pillow.
+    "pillow>=10",
+]
+
+EXTRAS_REQUIRE = {
+    "cpu": [
+        f"tensorflow-cpu{TENSORFLOW}; {HAS_TENSORFLOW_CPU}",
+        f"tensorflow{TENSORFLOW}; {NO_TENSORFLOW_CPU}",
+    ],
+    "gpu": [f"tensorflow[and-cuda]{TENSORFLOW}"],
+    # CPU builds; for a GPU follow the JAX / PyTorch install guides.
+    "jax": ["jax>=0.10"],
+    "torch": ["torch>=2.13"],
+    "viz": ["matplotlib>=3.8"],
+    "test": [
+        "pytest>=8.2",
+        "jax[cpu]>=0.10,<0.11",
+        # An exact CPU build: a range lets pip pick a multi-GB CUDA build.
+        "torch==2.13.0",
+        "matplotlib>=3.8",
+    ],
+}
 
 
 def _version():
@@ -28,21 +85,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["keras_interp", "keras_interp.*"]),
-    install_requires=[
-        "keras>=3.15,<4",
-        "numpy",
-        "absl-py",
-        # keras.callbacks.TensorBoard needs it; tensorflow-cpu 2.21 does
-        # not pull it in.
-        "tensorboard",
-        # The embedded synthetic part dataset is drawn with Pillow.
-        "pillow",
-    ],
-    extras_require={
-        "cpu": ["tensorflow-cpu==2.21.0"],
-        "gpu": ["tensorflow[and-cuda]==2.21.0"],
-        "data": ["tensorflow-datasets"],
-        "viz": ["matplotlib"],
-        "test": ["pytest"],
-    },
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
 )
