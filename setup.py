@@ -85,6 +85,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["keras_interp", "keras_interp.*"]),
+    # The background photos of the embedded scenes dataset.
+    package_data={"keras_interp.data": ["background_photos/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

@@ -1,7 +1,8 @@
 """Data sources and the `tf.data` input pipeline.
 
-`read_cub` reads an extracted CUB-200-2011 folder, `write_synthetic_parts`
-and `default_data_dir` provide a generated stand-in in the same format, and
+`read_cub` reads an extracted CUB-200-2011 folder, `write_synthetic_parts`,
+`write_synthetic_scenes` (un-cropped scenes over real photos) and
+`default_data_dir` provide generated stand-ins in the same format, and
 `make_dataset` / `load_tfds_cub` turn either source into batches of one
 schema (see `keras_interp.data.pipeline`).
 
@@ -16,6 +17,7 @@ from keras_interp.data.cub import CubIndex
 from keras_interp.data.cub import read_cub
 from keras_interp.data.synthetic import default_data_dir
 from keras_interp.data.synthetic import write_synthetic_parts
+from keras_interp.data.synthetic import write_synthetic_scenes
 
 # Public names of the TensorFlow modules, imported on first access.
 _LAZY = {
