@@ -4,6 +4,8 @@ Intentionally thin: flags map onto `keras_interp.train.TrainConfig`, and
 `keras_interp.train.train_and_evaluate` does the work (and is tested).
 
     python examples/train_cub.py                      # embedded dataset
+    python examples/train_cub.py --embedded_dataset=scenes --nocrop_to_box \
+        --image_size=128                              # un-cropped scenes
     python examples/train_cub.py --data_dir=/data/CUB_200_2011 \
         --backbone=vgg16 --weights=/path/vgg16_notop.h5 --image_size=224
     tensorboard --logdir runs/train_cub/logs
@@ -17,13 +19,22 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from keras_interp import train  # noqa: E402
+from keras_interp.data import synthetic  # noqa: E402
 
 _D = train.TrainConfig()
 flags.DEFINE_string(
     "data_dir",
     None,
     "CUB_200_2011 folder (or parent); "
-    "default: the embedded synthetic part dataset.",
+    "default: the embedded dataset picked by --embedded_dataset.",
+)
+flags.DEFINE_enum(
+    "embedded_dataset",
+    _D.embedded_dataset,
+    list(synthetic.VARIANTS),
+    "Embedded dataset when --data_dir is unset: parts (objects fill most "
+    "of the image) or scenes (small objects anywhere over real photos; use "
+    "--nocrop_to_box).",
 )
 flags.DEFINE_enum(
     "data_source",

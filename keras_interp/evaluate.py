@@ -885,7 +885,9 @@ def run(args: argparse.Namespace) -> dict:
             "model, e.g. runs/train_cub/model.keras."
         )
     config = _run_config(args.model)
-    data_dir = args.data_dir or data_lib.default_data_dir()
+    data_dir = args.data_dir or data_lib.default_data_dir(
+        variant=config.get("embedded_dataset", "parts")
+    )
     index = data_lib.read_cub(data_dir)
     try:
         model = keras.models.load_model(args.model)

@@ -48,6 +48,11 @@ class TrainConfig:
         data_dir: extracted `CUB_200_2011` folder (or its parent), or a TFDS
             data dir with `data_source="tfds"`. None: the embedded synthetic
             part dataset, generated into the cache on first use.
+        embedded_dataset: the embedded dataset that `data_dir=None` uses:
+            `"parts"` (objects filling most of the image) or `"scenes"`
+            (smaller objects anywhere over real photos, 300 test images per
+            class; use with `crop_to_box=False`). See
+            `keras_interp.data.synthetic`.
         data_source: `"cub"` (a CUB-format folder) or `"tfds"` (an already
             prepared `caltech_birds2011`; it has no part landmarks).
         task: `"multi"`: classify the classes; `"single"`: the paper's
@@ -87,6 +92,7 @@ class TrainConfig:
     """
 
     data_dir: Optional[str] = None
+    embedded_dataset: str = "parts"
     data_source: str = "cub"
     task: str = "multi"
     negatives_dir: Optional[str] = None
@@ -128,6 +134,7 @@ class TrainConfig:
             "lr_schedule": LR_SCHEDULES,
             "mixed_precision": PRECISIONS,
             "data_source": ("cub", "tfds"),
+            "embedded_dataset": data_lib.synthetic.VARIANTS,
             "eval_map": ("masked", "raw"),
         }
         for name, allowed in choices.items():
@@ -136,6 +143,13 @@ class TrainConfig:
                     f"`{name}` must be one of {allowed}. Received: "
                     f"{name}={getattr(self, name)!r}."
                 )
+        if self.data_dir and self.embedded_dataset != "parts":
+            raise ValueError(
+                "`embedded_dataset` picks the dataset used when `data_dir` "
+                "is None. Received: embedded_dataset="
+                f"{self.embedded_dataset!r} with data_dir={self.data_dir!r}. "
+                "Unset one of them."
+            )
         for name in ("image_size", "batch_size", "epochs"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -225,7 +239,9 @@ def _load_data(config):
                 "that holds a prepared caltech_birds2011."
             )
         return None, config.data_dir, None
-    data_dir = config.data_dir or data_lib.default_data_dir(config.cache_dir)
+    data_dir = config.data_dir or data_lib.default_data_dir(
+        config.cache_dir, variant=config.embedded_dataset
+    )
     index = data_lib.read_cub(data_dir)
     negatives = None
     if config.task == "single":
