@@ -1,5 +1,7 @@
 """Callbacks for training interpretable models."""
 
+import math
+
 import keras
 import numpy as np
 
@@ -36,6 +38,186 @@ class FilterLossEpoch(keras.callbacks.Callback):
             layer.epoch.assign(float(epoch + 1))
 
 
+class NonFiniteLossError(ValueError):
+    """Training produced a non-finite loss or non-finite weights.
+
+    Raised by `StopOnNonFinite`; the message names the non-finite terms
+    and the loss weights in use.
+    """
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training with a clear error as soon as a loss becomes non-finite.
+
+    `keras.callbacks.TerminateOnNaN` stops `fit` silently, so a diverged
+    run still ends "successfully" and its NaN weights get saved. This
+    callback raises `NonFiniteLossError` instead, and its message says
+    which term went non-finite:
+
+    * `<layer>_filter_loss`: the filter loss of that interpretable layer
+      (listed with the layer's `loss_weight`);
+    * `loss` with every filter loss finite: the task loss (or another
+      `add_loss` term).
+
+    It checks the batch logs after every step (the logged loss is computed
+    before that step's update) and, at the end of every epoch, the model's
+    weights, so that a last step that blew the weights up is caught before
+    a checkpoint callback placed after it saves them. Put it first in the
+    callback list. It works with `fit` and `training.DistributedTrainer`.
+
+    Args:
+        hint: optional sentence appended to the message (what to change).
+
+    Example:
+
+    >>> model.fit(ds, epochs=5, callbacks=[StopOnNonFinite()])
+    ... # doctest: +SKIP
+    """
+
+    def __init__(self, *, hint=None):
+        super().__init__()
+        self.hint = hint
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = _non_finite(logs)
+        if bad:
+            raise NonFiniteLossError(
+                self._message(bad, f"epoch {self._epoch + 1}, step {batch + 1}")
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        where = f"the end of epoch {epoch + 1}"
+        bad = _non_finite(logs)
+        if bad:
+            raise NonFiniteLossError(self._message(bad, where))
+        layers = sorted(
+            {
+                v.path.rsplit("/", 1)[0]
+                for v in self.model.trainable_variables
+                if not bool(keras.ops.all(keras.ops.isfinite(v)))
+            }
+        )
+        if layers:
+            raise NonFiniteLossError(
+                f"Training diverged at {where}: the last update made the "
+                f"weights of {layers} non-finite (the logged losses were "
+                f"still finite). {self._weights_text()}"
+                + (f" {self.hint}" if self.hint else "")
+            )
+
+    def _weights_text(self):
+        layers = interpretable_layers(self.model)
+        if not layers:
+            return "The model has no interpretable layers (no filter loss)."
+        weights = ", ".join(
+            f"{layer.name}: loss_weight={layer.loss_weight:g}"
+            + (
+                f" / epoch ({layer.loss_weight_decay})"
+                if layer.loss_weight_decay
+                else ""
+            )
+            for layer in layers
+            if layer.loss is not None
+        )
+        return f"Filter-loss weights in use: {weights or 'none (loss=None)'}."
+
+    def _message(self, bad, where):
+        filter_terms = {
+            f"{layer.name}_filter_loss": layer
+            for layer in interpretable_layers(self.model)
+        }
+        causes = [name for name in bad if name in filter_terms]
+        values = ", ".join(f"{name}={value}" for name, value in bad.items())
+        if causes:
+            culprit = "; ".join(
+                f"`{name}` is the filter loss of layer "
+                f"{filter_terms[name].name!r} "
+                f"(loss_weight={filter_terms[name].loss_weight:g})"
+                for name in causes
+            )
+            advice = (
+                "The filter loss diverged: lower its `loss_weight` "
+                "(--loss_weight) or the learning rate."
+            )
+        elif "loss" in bad:
+            culprit = (
+                "every filter loss is finite, so the non-finite term is the "
+                "task loss (or another `add_loss` term)"
+            )
+            advice = "Lower the learning rate or check the inputs and labels."
+        else:
+            culprit = "these logged values are non-finite"
+            advice = "Lower the learning rate."
+        return (
+            f"Training diverged at {where}: non-finite {values}; {culprit}. "
+            f"{self._weights_text()} {advice}"
+            + (f" {self.hint}" if self.hint else "")
+        )
+
+
+def _non_finite(logs):
+    """{name: value} of the non-finite numbers in a logs dict."""
+    bad = {}
+    for name, value in (logs or {}).items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if not math.isfinite(number):
+            bad[name] = number
+    return bad
+
+
+class TensorBoard(keras.callbacks.TensorBoard):
+    """`keras.callbacks.TensorBoard` that never drops epoch summaries.
+
+    With an integer `update_freq=N`, Keras 3's callback enters
+    `tf.summary.record_if(step % N == 0)` at every batch and leaves it
+    active through `on_epoch_end`. Its own `epoch_*` scalars, and every
+    summary other callbacks write at the end of the epoch, are then
+    recorded only when the epoch happens to end on a multiple of N steps
+    (tensorflow/tensorboard#4975). This subclass records unconditionally
+    from its `on_epoch_end` until the next batch starts (or training
+    ends), so callbacks placed after it (such as `InterpretabilityLogger`)
+    also get their epoch summaries written. Batch summaries keep the
+    every-N-steps rule. Same arguments as the Keras callback.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._epoch_recording = None
+
+    def _stop_epoch_recording(self):
+        if self._epoch_recording is not None:
+            self._epoch_recording.__exit__(None, None, None)
+            self._epoch_recording = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        self._stop_epoch_recording()
+        self._epoch_recording = tf.summary.record_if(True)
+        self._epoch_recording.__enter__()
+        super().on_epoch_end(epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Restore the batch-level condition before Keras swaps its own.
+        self._stop_epoch_recording()
+        super().on_train_batch_begin(batch, logs)
+
+    def on_test_begin(self, logs=None):
+        self._stop_epoch_recording()
+        super().on_test_begin(logs)
+
+    def on_train_end(self, logs=None):
+        self._stop_epoch_recording()
+        super().on_train_end(logs)
+
+
 class InterpretabilityLogger(keras.callbacks.Callback):
     """Writes per-filter interpretability summaries to TensorBoard.
 
@@ -51,9 +233,12 @@ class InterpretabilityLogger(keras.callbacks.Callback):
       most active filters, as heatmaps over the first `num_images` probe
       images.
 
-    The filter loss itself is a metric, so `keras.callbacks.TensorBoard`
-    already logs it per step and per epoch (`batch_/epoch_<layer>_filter_loss`).
-    TensorFlow backend only.
+    The filter loss itself is a metric, so a TensorBoard callback already
+    logs it per step and per epoch (`batch_/epoch_<layer>_filter_loss`);
+    use this module's `TensorBoard`, which keeps the epoch summaries that
+    Keras' drops with an integer `update_freq`. This callback records its
+    summaries whatever `tf.summary.record_if` is active. TensorFlow
+    backend only.
 
     Args:
         log_dir: directory for the event files.
@@ -115,10 +300,14 @@ class InterpretabilityLogger(keras.callbacks.Callback):
         if self._probes is None:
             self._build_probes()
         images = self.probe_images
-        with self.writer.as_default(step=epoch):
+        # Recorded whatever `record_if` a TensorBoard callback left active
+        # (tensorflow/tensorboard#4975). The probes are called eagerly: a
+        # traced predict function per probe model would count as
+        # retracings of Keras' one shared predict step.
+        with self.writer.as_default(step=epoch), tf.summary.record_if(True):
             for name, (layer, raw_probe, masked_probe) in self._probes.items():
-                raw = np.maximum(raw_probe.predict_on_batch(images), 0)
-                masked = np.asarray(masked_probe.predict_on_batch(images))
+                raw = np.maximum(_eager(raw_probe, images), 0)
+                masked = _eager(masked_probe, images)
                 if layer.data_format == "channels_first":
                     raw = np.moveaxis(raw, 1, -1)
                     masked = np.moveaxis(masked, 1, -1)
@@ -165,3 +354,9 @@ class InterpretabilityLogger(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _eager(model, images):
+    """`model(images)` in eager mode, as numpy (no traced function)."""
+    inputs = [images] if isinstance(model.input, (list, tuple)) else images
+    return np.asarray(model(inputs, training=False))

@@ -265,11 +265,14 @@ class DistributedTrainer:
                 step(iterator)
                 callbacks.on_train_batch_end(batch, self._logs())
             logs = self._logs()
+            # Callbacks first, as `BackupAndRestore` under `fit`: one that
+            # raises (`StopOnNonFinite` on diverged weights) leaves the
+            # previous epoch's checkpoint in place.
+            callbacks.on_epoch_end(epoch, logs)
             if manager is not None:
                 self._epoch.assign(epoch + 1)
                 manager.save()
                 if not is_chief:
                     tf.io.gfile.rmtree(manager.directory)
-            callbacks.on_epoch_end(epoch, logs)
         callbacks.on_train_end(logs)
         return history
