@@ -6,7 +6,7 @@ strategy with several replicas each replica sees only its share of the
 global batch, so the layers reduce those batch statistics across replicas
 with `CrossReplicaReduction`, and each replica adds its own images' share of
 the global loss. Keras divides every `add_loss` term by the number of
-replicas and sums the gradients (`keras_notes.md` §2.2), so the layers
+replicas and sums the gradients (`docs/method_notes.md` §6), so the layers
 multiply their term by the number of replicas: the summed gradient is then
 exactly the gradient of the single-device loss on the global batch.
 

@@ -1,7 +1,7 @@
 r"""Evaluate a trained (interpretable or ordinary) CNN on CUB-format data.
 
 One implementation of the paper's evaluation (Zhang, Wu, Zhu, CVPR 2018,
-Section 5.2; `method.md` §6), used by `train.evaluate_model` at the end of
+§5.2; `docs/method_notes.md` §3), used by `train.evaluate_model` at the end of
 training and by this module's command line on a saved model:
 
 * **accuracy**: argmax of the logits against the labels;

@@ -400,7 +400,7 @@ def code_to_paper_beta_scale(height: int, width: int):
 def learned_beta_target(
     feature_maps, positives, *, beta, center="centroid", reduction=None
 ):
-    """The authors' target for a learned beta (method.md §4.3), paper units.
+    """The authors' learned-beta target (docs/method_notes.md), paper units.
 
     Per filter: the activation spread `sigma` (in cells) around each map's
     centre, averaged over the positive images with the fit

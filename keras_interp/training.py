@@ -2,7 +2,7 @@
 
 Keras 3 `fit` works under the default strategy and `MirroredStrategy`, but
 fails under `MultiWorkerMirroredStrategy` (keras-team/keras#20585;
-`keras_notes.md` §2.5). `DistributedTrainer` is a small custom loop with the
+`docs/method_notes.md` §6). `DistributedTrainer` is a small custom loop with the
 same contract as far as is reasonable: it adds the model's own losses
 (`model.losses`, where the filter losses live), updates metrics, drives
 Keras callbacks (`on_train_begin`, `on_epoch_*`, `on_train_batch_*`) with a

@@ -48,7 +48,7 @@ import tensorflow as tf
 from keras_interp.data.cub import CubIndex
 
 SPLITS = ("train", "test", "all")
-# Input size of VGG-16 in the paper and the authors' code (method.md 5.3).
+# VGG-16's input size in the paper and the authors' code (docs/method_notes.md).
 DEFAULT_IMAGE_SIZE = 224
 # Decode, crop and resize run in parallel; tf.data picks the thread count.
 NUM_PARALLEL_CALLS = tf.data.AUTOTUNE
@@ -58,7 +58,7 @@ OBJECT_LABEL = 1
 NEGATIVE_LABEL = 0
 NEGATIVE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Antialias when shrinking, as MATLAB's `imresize` does by default (the
-# authors resize in MATLAB, bilinear; method.md 5.3).
+# authors resize in MATLAB, bilinear; docs/method_notes.md).
 RESIZE_ANTIALIAS = True
 # Box edges within this many pixels of an integer are treated as that
 # integer before rounding outward (normalised TFDS boxes are not exact).

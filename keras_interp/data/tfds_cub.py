@@ -2,7 +2,7 @@
 
 TFDS' `caltech_birds2011` (version 0.1.1) has images, 200-way labels,
 normalised boxes and segmentation masks, but **no part landmarks**
-(`../shared/docs/keras_notes.md` section 5.1). `load_tfds_cub` therefore
+(`docs/method_notes.md`, section 5). `load_tfds_cub` therefore
 returns the schema of `make_dataset` with `P = 0` parts, and part-based
 metrics (location instability) cannot be computed from it. Use `read_cub`
 on the extracted archive when part annotations are needed.

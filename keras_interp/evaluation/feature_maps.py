@@ -11,7 +11,7 @@ from keras_interp.evaluation import _graph
 
 # "masked": the layer's output (for the interpretable layers: after ReLU and
 # the mask, paper footnote 1). "raw": before any activation or mask (the
-# authors' evaluation code reads the raw conv6 output, method.md §6.2).
+# authors' evaluation code reads the raw conv6 output, docs/method_notes.md).
 MAPS = ("masked", "raw")
 
 
@@ -105,7 +105,7 @@ def feature_map_model(
             `Conv2D` or `InterpretableConv2D` (built on the layer's own
             `convolution_op` and weights), the input of an
             `InterpretableMask`. The authors' location-instability code
-            reads the raw conv6 map (`method.md` §6.2, §10 item 9).
+            reads the raw conv6 map (`docs/method_notes.md`, item 15).
 
     Returns:
         A `keras.Model` with the inputs of `model` and one output, the

@@ -2,7 +2,7 @@
 
 Zhang, Wu, Zhu, "Interpretable Convolutional Neural Networks", CVPR 2018,
 Section 5.2.2; authors' code `computeStability.m`, `getDistSqrtVar.m`,
-`step_computeStability*.m` (`method.md` §6.2). A filter that consistently
+`step_computeStability*.m` (`docs/method_notes.md`). A filter that consistently
 represents one part fires at a fixed distance from that part's landmarks:
 
 ```
@@ -36,7 +36,7 @@ DEFAULT_TOP_K = 100
 MIN_IMAGES = 2
 # Authors' MATLAB `std` divides by N - 1.
 STD_DDOF = 1
-# Multi-category filter -> category choice (method.md §6.2, §10 item 8):
+# Multi-category filter -> category choice (docs/method_notes.md, item 15):
 # the paper keeps the category with the lowest deviation, the authors' code
 # (`step_computeStability_multiClass.m`) the highest mean activation.
 CATEGORY_RULES = ("deviation", "activation")
@@ -143,7 +143,7 @@ def collect_peaks(
         map: `"masked"` (default): the layer output, after ReLU and mask for
             the interpretable layers, as the paper states (footnote 1).
             `"raw"`: the pre-activation, pre-mask map the authors' code
-            evaluates (`method.md` §10 item 9). See `feature_map_model`.
+            evaluates (`docs/method_notes.md`). See `feature_map_model`.
         image_key, parts_key, visible_key, label_key: dict keys; missing
             optional keys give None fields.
         preprocess: optional function applied to each image batch before

@@ -1,7 +1,7 @@
 """Part interpretability of filters (paper Section 5.2.1).
 
 Network Dissection (Bau et al., CVPR 2017) with the stricter IoU threshold
-of Zhang, Wu, Zhu, CVPR 2018, §5.2.1 (`method.md` §6.1; the authors released
+of Zhang, Wu, Zhu, CVPR 2018 §5.2.1 (docs/method_notes.md; the authors released
 no code for it):
 
 1. `T_f`: the activation threshold with `p(x > T_f) = 0.005` over all

@@ -13,7 +13,7 @@ p = offset + (i, j) * stride
 and its theoretical receptive field (RF) is the `size`-pixel interval
 centred there. The authors' `getConvNetPara.m` uses 1-based pixel centres
 and `c + (idx - 1) * s`: their `c` is our `offset + 0.5` (VGG-16 conv6 at
-224: `c = 8.5`, `offset = 8.0`, stride 16, `method.md` §6.2).
+224: `c = 8.5`, `offset = 8.0`, stride 16, `docs/method_notes.md`).
 """
 
 import math

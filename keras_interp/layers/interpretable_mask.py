@@ -20,7 +20,7 @@ LOSS_WEIGHT_DECAYS = (None, "inverse_epoch")
 DEFAULT_LOSS_WEIGHTS = {"mutual_information": 0.02, "authors": 1.0, None: 0.0}
 # Authors' `our_cnn_train.m`: the per-class activation EMA uses momentum 0.9.
 DEFAULT_ASSIGNMENT_MOMENTUM = 0.9
-# Authors' beta update (method.md §4.3): 0.016 of the gap per step before SGD
+# Authors' beta rule (docs/method_notes.md): 0.016 of the gap a step before SGD
 # momentum 0.9, about 0.16 once momentum has built up; 0.1 sits between.
 DEFAULT_BETA_RATE = 0.1
 # Authors' `add_block_mask.m` initialises beta to 2.0 in [-1, 1] coordinates.
@@ -619,7 +619,7 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
         loss_weight: float `lambda` >= 0, applied to the sum of the per-filter
             losses, so each filter's gradient is `lambda dLoss_f / dx` as in
             Eq. 3. `None` (default) picks 0.02 for `"mutual_information"`:
-            a quick VGG-16 prototype (`experiments.md`) found `lambda = 10`
+            a VGG-16 prototype (`docs/method_notes.md`) found `lambda = 10`
             on the *mean* over 512 filters (0.0195 per filter) the best of
             0.1 / 10 / 100, with 100 collapsing training; 0.02 is also the
             value the authors' code stores as `lossWeight`. It picks 1.0 for
