@@ -9,6 +9,7 @@ from keras import ops
 
 import keras_interp
 from keras_interp import models
+from keras_interp.models import PART_CONV
 
 
 def images(n, size, seed=0):
@@ -154,8 +155,14 @@ def test_wrong_cut_layer_lists_valid_names():
     "kwargs,pattern",
     [
         (dict(backbone="alexnet"), r"`backbone` must be one of.*'alexnet'"),
-        (dict(weights="imagenet"), r"never downloads.*'imagenet'"),
+        (dict(weights=3), r"`weights` must be None.*'imagenet'.*weights=3"),
         (dict(weights="/no/such/file.h5"), r"not found.*/no/such/file.h5"),
+        (dict(preprocessing="bgr"), r"`preprocessing` must be one of.*'bgr'"),
+        (
+            dict(trainable_from="block9_conv1"),
+            r"`trainable_from`.*'block9_conv1'.*'block1_conv1', "
+            r"'block1_conv1_bn', .*'block4_conv2_bn', 'part_conv'\]",
+        ),
         (dict(num_classes=1), r"`num_classes`.*num_classes=1"),
         (dict(image_size=4), r"`image_size`.*4"),
         (dict(filters=0), r"`filters`.*0"),
@@ -167,6 +174,108 @@ def test_bad_builder_arguments(kwargs, pattern):
     backbone = args.pop("backbone")
     with pytest.raises(ValueError, match=pattern):
         models.build_part_classifier(backbone, **args)
+
+
+def _trainable(model, name):
+    return model.get_layer(name).trainable
+
+
+@pytest.mark.parametrize("interpretable", [True, False])
+def test_trainable_from_freezes_the_layers_below(interpretable):
+    built = models.build_part_classifier(
+        "tiny_vgg",
+        num_classes=3,
+        image_size=32,
+        filters=4,
+        dropout=0.0,
+        interpretable=interpretable,
+        trainable_from="block3_conv1",
+    )
+    model = built.training
+    frozen = ["block1_conv1", "block1_conv1_bn", "block2_conv2_bn"]
+    trained = ["block3_conv1", "block3_conv1_bn", "block4_conv2", PART_CONV]
+    assert not any(_trainable(model, name) for name in frozen)
+    assert all(_trainable(model, name) for name in trained)
+    before = {
+        name: [w.copy() for w in model.get_layer(name).get_weights()]
+        for name in frozen + trained
+    }
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(True),
+    )
+    y = np.array([0, 1, 2, 0, 1, 2], "int32")
+    model.fit({"image": images(6, 32), "label": y}, y, epochs=1, verbose=0)
+    for name in frozen:
+        # Kernels and BatchNorm's gamma/beta and moving statistics alike:
+        # frozen BatchNorm runs in inference mode.
+        for old, new in zip(before[name], model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(old, new, err_msg=name)
+    for name in trained:
+        changed = [
+            not np.array_equal(old, new)
+            for old, new in zip(
+                before[name], model.get_layer(name).get_weights()
+            )
+        ]
+        assert any(changed), name
+
+
+def test_trainable_from_part_conv_freezes_the_whole_backbone():
+    built = models.build_part_classifier(
+        "tiny_vgg", num_classes=2, image_size=32, trainable_from=PART_CONV
+    )
+    model = built.inference
+    backbone_layers = model.layers[
+        : model.layers.index(model.get_layer(models.TOP_MASK))
+    ]
+    assert [layer for layer in backbone_layers if layer.trainable_weights] == []
+    assert model.get_layer(PART_CONV).trainable
+    assert model.get_layer(models.CLASSIFIER).trainable
+
+
+def test_trainable_from_on_vgg16_trains_only_block5():
+    built = models.build_part_classifier(
+        "vgg16",
+        num_classes=2,
+        image_size=32,
+        filters=4,
+        trainable_from="block5_conv1",
+    )
+    trainable = {w.path.split("/")[0] for w in built.training.trainable_weights}
+    assert trainable == {
+        "block5_conv1",
+        "block5_conv2",
+        "block5_conv3",
+        PART_CONV,
+        models.CLASSIFIER,
+    }
+
+
+def test_trainable_from_on_a_custom_backbone():
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.Conv2D(6, 3, padding="same", name="c2")(x)
+    x = keras.layers.Conv2D(6, 3, padding="same", name="c3")(x)
+    backbone = keras.Model(inputs, x)
+    models.build_part_classifier(
+        backbone,
+        num_classes=2,
+        image_size=32,
+        cut_layer="c2",
+        trainable_from="c2",
+    )
+    assert not backbone.get_layer("c1").trainable
+    assert backbone.get_layer("c2").trainable
+    # Only layers up to the cut layer are valid.
+    with pytest.raises(ValueError, match=r"Valid names: \['c1', 'c2', 'part"):
+        models.build_part_classifier(
+            backbone,
+            num_classes=2,
+            image_size=32,
+            cut_layer="c2",
+            trainable_from="c3",
+        )
 
 
 def test_local_weights_file_is_loaded(tmp_path):

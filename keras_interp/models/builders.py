@@ -27,7 +27,13 @@ CLASSIFIER = "classifier"
 
 
 def _cut_backbone(backbone, x, *, weights, cut_layer, preprocessing):
-    """Applies the backbone to `x` and returns its top conv features."""
+    """Applies the backbone to `x`.
+
+    Returns:
+        `(features, layers)`: the top conv features, and the backbone's
+        layers in topological order up to the cut layer (for
+        `trainable_from`).
+    """
     if isinstance(backbone, str):
         if backbone not in backbones_lib.BACKBONES:
             raise ValueError(
@@ -36,28 +42,29 @@ def _cut_backbone(backbone, x, *, weights, cut_layer, preprocessing):
                 f"Received: backbone={backbone!r}."
             )
         spec = backbones_lib.BACKBONES[backbone]
-        mode = preprocessing or spec.preprocessing
+        path, mode = backbones_lib.resolve_weights(
+            backbone, weights, preprocessing=preprocessing
+        )
         x = backbones_lib.BackbonePreprocessing(mode, name="preprocessing")(x)
         # `input_tensor` keeps the graph flat: every backbone layer stays
         # addressable by name in the final model.
         model = spec.constructor(
-            include_top=False,
-            weights=backbones_lib.check_weights(weights),
-            input_tensor=x,
+            include_top=False, weights=path, input_tensor=x
         )
         cut_layer = cut_layer or spec.cut_layer
     elif isinstance(backbone, keras.Model):
-        if weights is not None:
-            backbone.load_weights(backbones_lib.check_weights(weights))
+        path, mode = backbones_lib.resolve_weights(
+            None, weights, preprocessing=preprocessing
+        )
+        if path is not None:
+            backbone.load_weights(path)
         if cut_layer is None:
             raise ValueError(
                 "`cut_layer` is required with a custom backbone model: the "
                 "name of its top conv layer. Valid names: "
                 f"{[layer.name for layer in backbone.layers]}."
             )
-        x = backbones_lib.BackbonePreprocessing(
-            preprocessing or "none", name="preprocessing"
-        )(x)
+        x = backbones_lib.BackbonePreprocessing(mode, name="preprocessing")(x)
         names = [layer.name for layer in backbone.layers]
         if cut_layer not in names:
             raise ValueError(_unknown_layer(cut_layer, backbone))
@@ -66,17 +73,22 @@ def _cut_backbone(backbone, x, *, weights, cut_layer, preprocessing):
             backbone.get_layer(cut_layer).output,
             name="backbone",
         )
-        return cut(x)
+        return cut(x), list(cut.layers)
     else:
         raise ValueError(
             "`backbone` must be a name or a keras.Model. Received: "
             f"backbone={backbone!r}."
         )
+    layers = list(model.layers)
     if cut_layer is None:
-        return model.output
-    if cut_layer not in [layer.name for layer in model.layers]:
+        return model.output, layers
+    names = [layer.name for layer in layers]
+    if cut_layer not in names:
         raise ValueError(_unknown_layer(cut_layer, model))
-    return model.get_layer(cut_layer).output
+    return (
+        model.get_layer(cut_layer).output,
+        layers[: names.index(cut_layer) + 1],
+    )
 
 
 def _unknown_layer(name, model):
@@ -91,6 +103,33 @@ def _unknown_layer(name, model):
     )
 
 
+def _freeze_below(layers, trainable_from):
+    """Freezes the backbone layers before `trainable_from`.
+
+    `layers` are the backbone's layers in topological order up to the cut
+    layer. A frozen `BatchNormalization` also runs in inference mode (Keras
+    3: a non-trainable BatchNormalization uses its moving statistics).
+    `PART_CONV` freezes the whole backbone.
+    """
+    if trainable_from is None:
+        return
+    valid = [layer.name for layer in layers if layer.weights]
+    if trainable_from == PART_CONV:
+        first = len(layers)
+    elif isinstance(trainable_from, str) and trainable_from in valid:
+        first = [layer.name for layer in layers].index(trainable_from)
+    else:
+        raise ValueError(
+            f"`trainable_from` must name the first trainable backbone layer "
+            f"(a layer with weights, up to the cut layer), or "
+            f"{PART_CONV!r} to freeze the whole backbone. Received: "
+            f"trainable_from={trainable_from!r}. Valid names: "
+            f"{valid + [PART_CONV]}."
+        )
+    for layer in layers[:first]:
+        layer.trainable = False
+
+
 def build_part_classifier(
     backbone="vgg16",
     *,
@@ -99,6 +138,7 @@ def build_part_classifier(
     weights=None,
     cut_layer=None,
     preprocessing=None,
+    trainable_from=None,
     filters=None,
     interpretable=True,
     category_aware=True,
@@ -114,7 +154,7 @@ def build_part_classifier(
 ):
     """Builds the paper's interpretable CNN (or the matching ordinary one).
 
-    The recipe of Zhang et al. (CVPR 2018, Section 5; docs/method_notes.md):
+    The recipe of Zhang et al. (CVPR 2018, Section 5; method.md §5.1-5.2):
 
     1. the backbone, cut at its top conv layer (`cut_layer`), whose filters
        are made interpretable with an `InterpretableMask` ("top_mask": mask
@@ -141,13 +181,24 @@ def build_part_classifier(
             tiny_vgg) or any `keras.Model` (then `cut_layer` is required).
         num_classes: int >= 2, the number of classes.
         image_size: int, the square input size. Default 224 (the paper).
-        weights: None (random) or the path of a local weights file for the
-            backbone, e.g. Keras' official `*_notop.h5`. Never downloads.
+        weights: None (random), `"imagenet"` (Keras' official ImageNet
+            file, downloaded once into `$KERAS_HOME/models` and then used
+            offline, as Keras Applications do), or the path of a local
+            weights file for the backbone, e.g. one built by
+            `python -m keras_interp.models.convert_lpips_vgg16`.
         cut_layer: name of the backbone layer whose output feeds the
             interpretable layers; default per backbone (VGG16:
             `block5_conv3`).
-        preprocessing: override the backbone's preprocessing mode (see
-            `BackbonePreprocessing`).
+        preprocessing: a `BackbonePreprocessing` mode, or None: the mode
+            recorded in the weights file (`"torch"` for the converted
+            torchvision VGG-16), else the backbone's (VGG16: `"caffe"`,
+            the mode of Keras' own ImageNet weights). A mode that differs
+            from the one the weights record is a ValueError.
+        trainable_from: None (everything trains), the name of the first
+            trainable backbone layer (e.g. `"block5_conv1"`: only VGG16's
+            top block is fine-tuned; every layer before it is frozen, and
+            frozen BatchNormalization runs in inference mode), or
+            `PART_CONV` (`"part_conv"`) to freeze the whole backbone.
         filters: int, filters of "part_conv". Default: M, the backbone's
             channel count (paper).
         interpretable: bool, build the interpretable (True) or ordinary CNN.
@@ -165,8 +216,10 @@ def build_part_classifier(
         A `PartClassifier(training, inference)` pair sharing all layers.
 
     Raises:
-        ValueError: for an unknown backbone or cut layer (the message lists
-            the valid names), bad weights, or bad sizes.
+        ValueError: for an unknown backbone, cut layer or `trainable_from`
+            (the message lists the valid names), bad or unreachable
+            weights, preprocessing that does not match the weights, or bad
+            sizes.
 
     Example:
 
@@ -201,13 +254,14 @@ def build_part_classifier(
         )
     image = keras.Input((image_size, image_size, 3), name="image")
     label = keras.Input((), dtype="int32", name="label")
-    features = _cut_backbone(
+    features, backbone_layers = _cut_backbone(
         backbone,
         image,
         weights=weights,
         cut_layer=cut_layer,
         preprocessing=preprocessing,
     )
+    _freeze_below(backbone_layers, trainable_from)
     channels = features.shape[-1]
     filters = filters or channels
     conv_kwargs = dict(
