@@ -63,8 +63,15 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "weights",
     None,
-    "Local backbone weights file (no "
-    "download); default: random initialisation.",
+    "Backbone weights: 'imagenet' (Keras' file, downloaded once into the "
+    "Keras cache) or a local file (e.g. from python -m "
+    "keras_interp.models.convert_lpips_vgg16); default: random.",
+)
+flags.DEFINE_string(
+    "trainable_from",
+    None,
+    "First trainable backbone layer, e.g. block5_conv1 (VGG16's top "
+    "block); the layers before it are frozen. Default: all train.",
 )
 flags.DEFINE_integer("image_size", _D.image_size, "Square input size.")
 flags.DEFINE_bool("crop_to_box", _D.crop_to_box, "Crop to the bounding box.")

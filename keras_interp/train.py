@@ -61,7 +61,13 @@ class TrainConfig:
         negatives_dir: folder of background images for `task="single"`;
             default `<data_dir>/negatives`.
         backbone: a `models.BACKBONES` name.
-        weights: local backbone weights file, or None.
+        weights: backbone weights: None (random), `"imagenet"` (Keras'
+            official file, downloaded once into the Keras cache) or a local
+            file, e.g. from `keras_interp.models.convert_lpips_vgg16`; the
+            preprocessing follows the file.
+        trainable_from: the first trainable backbone layer (e.g.
+            `"block5_conv1"`: only VGG16's top block is fine-tuned); None:
+            the whole backbone trains.
         image_size: square input size.
         crop_to_box: crop objects to their bounding box (the paper does).
         batch_size: global batch size.
@@ -98,6 +104,7 @@ class TrainConfig:
     negatives_dir: Optional[str] = None
     backbone: str = "tiny_vgg"
     weights: Optional[str] = None
+    trainable_from: Optional[str] = None
     image_size: int = 64
     crop_to_box: bool = True
     batch_size: int = 16
@@ -449,6 +456,7 @@ def train_and_evaluate(config: TrainConfig) -> dict:
             num_classes=num_classes,
             image_size=config.image_size,
             weights=config.weights,
+            trainable_from=config.trainable_from,
             interpretable=config.interpretable,
             category_aware=config.category_aware,
             background_class=0 if config.task == "single" else None,
