@@ -64,6 +64,11 @@ EXTRAS_REQUIRE = {
     ],
 }
 
+# Files other than modules that the package needs at run time: the
+# background photos of the embedded scenes dataset. tests/test_package.py
+# checks that every such tracked file is listed.
+PACKAGE_DATA = {"keras_interp.data": ["background_photos/*"]}
+
 
 def _version():
     # Read, not import: importing keras_interp would pull in keras/TF.
@@ -85,8 +90,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["keras_interp", "keras_interp.*"]),
-    # The background photos of the embedded scenes dataset.
-    package_data={"keras_interp.data": ["background_photos/*"]},
+    package_data=PACKAGE_DATA,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )
