@@ -2,8 +2,8 @@
 
 Paper: Zhang, Wu, Zhu, "Interpretable Convolutional Neural Networks",
 CVPR 2018, Section 3.1 (Eqs. 1-4). Authors' code: the backward pass of the
-`conv_mask` layer in `our_vl_simplenn.m` (see `../shared/docs/method.md`
-section 4).
+`conv_mask` layer in `our_vl_simplenn.m` (see
+`docs/method_notes.md`).
 
 All functions take channels-last feature maps `[batch, height, width,
 filters]` taken after ReLU, compute in float32 whatever the input dtype, and
@@ -326,7 +326,7 @@ def authors_filter_gradient(
     positive_weight=1.0,
     negative_weight=1.0,
 ):
-    """The authors' surrogate gradient of the filter loss (method.md §4.2).
+    """The authors' surrogate gradient of the filter loss (docs/method_notes.md).
 
     The authors' MatConvNet code never computes the filter loss; it adds
     this hand-made, magnitude-normalised term to `dL/dx` in the backward pass

@@ -2,7 +2,7 @@
 
 Paper: Zhang, Wu, Zhu, "Interpretable Convolutional Neural Networks",
 CVPR 2018, Section 3 ("Part templates"). Authors' code: `getMu.m`,
-`getMask.m` (see `../shared/docs/method.md` sections 2-3).
+`getMask.m` (see `docs/method_notes.md`).
 
 Conventions used throughout `keras_interp`:
 

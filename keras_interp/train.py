@@ -31,7 +31,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "cosine", "paper")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 # The authors' CUB landmarks (`showResults.m`, part ids 1, 6, 14): back,
-# forehead (standing in for the head) and tail (method.md §6.2).
+# forehead (standing in for the head) and tail (docs/method_notes.md).
 CUB_EVAL_PARTS = ("back", "forehead", "tail")
 # Paper §5.2.2: the top-100 images per filter and landmark.
 TOP_K = 100

@@ -198,3 +198,72 @@ def test_two_workers_on_loopback_match_a_single_process(tmp_path):
     np.testing.assert_allclose(
         results[0]["loss"], results[2]["loss"], rtol=1e-5
     )
+
+
+class Poison(keras.callbacks.Callback):
+    """Sets a layer's kernel to NaN after step `batch` of epoch `epoch`.
+
+    `layer` is a layer name or an index into `model.layers`.
+
+    Stands in for an update that blew the weights up while the logged loss
+    (computed before it) was still finite.
+    """
+
+    def __init__(self, layer, epoch, batch):
+        super().__init__()
+        self.layer, self.epoch, self.batch = layer, epoch, batch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self._epoch, batch) == (self.epoch, self.batch):
+            layer = self.layer
+            if isinstance(layer, str):
+                layer = self.model.get_layer(layer)
+            else:
+                layer = self.model.layers[layer]
+            kernel = layer.kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+def test_non_finite_weights_stop_before_the_checkpoint(tmp_path):
+    """StopOnNonFinite under the loop: the diverged epoch is not saved."""
+    x, y = data()  # 2 steps per epoch.
+    initial = multi_worker.build_model().get_weights()
+    ckpt = os.path.join(tmp_path, "ckpt")
+    with pytest.raises(
+        keras_interp.callbacks.NonFiniteLossError,
+        match=r"end of epoch 2.*\['interp'\]",
+    ):
+        train_with_loop(
+            initial,
+            x,
+            y,
+            epochs=3,
+            checkpoint_dir=ckpt,
+            callbacks=[
+                Poison("interp", epoch=1, batch=1),
+                keras_interp.callbacks.StopOnNonFinite(),
+            ],
+        )
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(ckpt))
+    assert reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE") == 1
+
+
+def test_non_finite_task_loss_stops_the_loop():
+    x, y = data()
+    initial = multi_worker.build_model().get_weights()
+    with pytest.raises(
+        keras_interp.callbacks.NonFiniteLossError,
+        match="epoch 1, step 2: non-finite loss=nan; .*task loss",
+    ):
+        train_with_loop(
+            initial,
+            x,
+            y,
+            callbacks=[
+                Poison(-1, epoch=0, batch=0),  # The logits' Dense.
+                keras_interp.callbacks.StopOnNonFinite(),
+            ],
+        )

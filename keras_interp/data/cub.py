@@ -1,7 +1,7 @@
 """Reader for an extracted CUB-200-2011 folder.
 
 `read_cub` parses the index files of `CUB_200_2011/` exactly as distributed
-(`../shared/docs/keras_notes.md` section 5.2) into a `CubIndex` of numpy
+(the layout is below) into a `CubIndex` of numpy
 arrays. It reads no image data and imports no TensorFlow: images are decoded
 later by `keras_interp.data.make_dataset`.
 

@@ -154,7 +154,7 @@ def build_part_classifier(
 ):
     """Builds the paper's interpretable CNN (or the matching ordinary one).
 
-    The recipe of Zhang et al. (CVPR 2018, Section 5; method.md §5.1-5.2):
+    The recipe of Zhang et al. (CVPR 2018, Section 5; docs/method_notes.md):
 
     1. the backbone, cut at its top conv layer (`cut_layer`), whose filters
        are made interpretable with an `InterpretableMask` ("top_mask": mask
