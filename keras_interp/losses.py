@@ -326,7 +326,7 @@ def authors_filter_gradient(
     positive_weight=1.0,
     negative_weight=1.0,
 ):
-    """The authors' surrogate gradient of the filter loss (docs/method_notes.md).
+    """The authors' surrogate filter-loss gradient (docs/method_notes.md).
 
     The authors' MatConvNet code never computes the filter loss; it adds
     this hand-made, magnitude-normalised term to `dL/dx` in the backward pass

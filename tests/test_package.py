@@ -215,12 +215,11 @@ def test_no_tracked_file_refers_outside_the_repository():
     assert not offenders, offenders
 
 
-# In Markdown: links, and file names in backticks (`docs/method_notes.md`).
+# In Markdown: links, and names of documents, code and scripts in backticks
+# (`docs/method_notes.md`); not data files, such as CUB's `images.txt`.
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-_FILE_NAME = re.compile(
-    r"`((?:[\w.-]+/)*[\w.-]+\.(?:md|py|sh|txt|bzl|ini|toml|cfg))`"
-)
-# In code and other text (docstrings, comments): any Markdown file name.
+_FILE_NAME = re.compile(r"`((?:[\w.-]+/)*[\w.-]+\.(?:md|py|sh|bzl))`")
+# Anywhere (also docstrings and comments): any Markdown file name.
 _MARKDOWN_NAME = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*[\w.-]*\w\.md)\b")
 
 
@@ -238,7 +237,9 @@ def _missing_references(path, text, tracked_names):
             resolved
         ):
             missing.append(target)
-    names = (_FILE_NAME if markdown else _MARKDOWN_NAME).findall(text)
+    names = _MARKDOWN_NAME.findall(text)
+    if markdown:
+        names += _FILE_NAME.findall(text)
     for name in names:
         if "/" not in name:
             # A bare module or file name (`losses.py`): some tracked file.
@@ -249,7 +250,7 @@ def _missing_references(path, text, tracked_names):
             for base in (here, "")
         ):
             missing.append(name)
-    return missing
+    return list(dict.fromkeys(missing))  # Each once, in order.
 
 
 def test_files_refer_only_to_existing_repository_files():
@@ -272,19 +273,22 @@ def test_reference_check_catches_bad_references():
         "`docs/no_such_file.py`, `no_such_name.md`, [web](https://x.org), "
         "[here](#anchor), [readme](README.md#tests-and-ci), `setup.py`"
     )
-    assert _missing_references("README.md", text, {"setup.py"}) == [
-        "docs/no_such_page.md",
+    text += ", and method.md §4"
+    tracked_names = {"setup.py", "README.md"}
+    assert sorted(_missing_references("README.md", text, tracked_names)) == [
         "../outside.md",
         "docs/no_such_file.py",
+        "docs/no_such_page.md",
+        "method.md",
         "no_such_name.md",
     ]
     docstring = (
         "see `method.md` section 4, notes.md, docs/no_such_page.md, "
         "README.md, docs/method_notes.md and https://x.org/page.md"
     )
-    assert _missing_references(
-        "keras_interp/losses.py", docstring, {"README.md"}
-    ) == ["method.md", "notes.md", "docs/no_such_page.md"]
+    assert sorted(
+        _missing_references("keras_interp/losses.py", docstring, {"README.md"})
+    ) == ["docs/no_such_page.md", "method.md", "notes.md"]
 
 
 # --- The Bazel test wrapper ------------------------------------------------
