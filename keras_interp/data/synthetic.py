@@ -20,15 +20,7 @@ What is drawn. Each object is one of five categories seen from above, facing
 up: `Swallow`, `Moth`, `Beetle`, `Dragonfly` and `Plane`. All are built from
 the same primitives (ellipses, rectangles, triangles, thick polylines).
 Categories differ in the *shape and arrangement* of their parts, never in
-colour:
-
-| category | back | head | tail | wings | legs |
-| --- | --- | --- | --- | --- | --- |
-| Swallow | slim ellipse | disc | forked V | swept triangles | none |
-| Moth | ellipse | square | short spike | fore + hind ellipses | one, forward |
-| Beetle | hexagon | triangle | none | rear stubs | two, jointed |
-| Dragonfly | thorax | wide oval | long, segmented | two thin bars | none |
-| Plane | long rectangle | nose cone | T-tail | trapezoids | wheels |
+colour (the table of parts per category is in `keras_interp.data.shapes`).
 
 The parts (`PART_NAMES`) are `back`, `head`, `tail`, `left wing`,
 `right wing`, `left leg` and `right leg`; a category without a part always
@@ -85,19 +77,9 @@ place for the back, head and tail scores a location instability (Sec.
 5.2.2; all visible images, per category) of 0.076 on the scenes, against
 0.023 on the parts variant cropped to the box (0.078 uncropped).
 
-Files written under `root` (the `read_cub` layout, plus extras; see
-`keras_interp.data.cub_writer`):
-
-```
-images.txt, image_class_labels.txt, classes.txt, train_test_split.txt,
-bounding_boxes.txt, parts/parts.txt, parts/part_locs.txt,
-images/<NNN.Category>/<Category>_<XXXX>.jpg
-part_segmentations/<NNN.Category>/<Category>_<XXXX>.png  uint8, 0 = none,
-                                                         k = part id k
-negatives/negative_<XXXX>.jpg
-synthetic_info.json                                      generator settings
-```
-
+Files written under `root`: the `read_cub` layout, plus the part masks in
+`part_segmentations/`, the negatives in `negatives/` and the generator
+settings in `synthetic_info.json` (listed in `keras_interp.data.cub_writer`).
 Bounding boxes are the tight box of the object's pixels (occluded ones
 included) clipped to the image.
 
@@ -114,7 +96,6 @@ import numpy as np
 from keras_interp.data import cub_writer
 from keras_interp.data import photos
 from keras_interp.data import renderer
-from keras_interp.data import shapes
 from keras_interp.data.cub_writer import JPEG_QUALITY  # noqa: F401
 from keras_interp.data.cub_writer import NEGATIVES_DIR  # noqa: F401
 from keras_interp.data.renderer import SUPERSAMPLING  # noqa: F401
