@@ -339,3 +339,27 @@ def test_generator_modules_import_no_tensorflow():
                     module,
                 )
                 assert module != "keras", (name, module)
+
+
+def test_scenes_through_the_uncropped_pipeline(tiny_scenes):
+    # Whole images (crop_to_box=False), resized: landmarks stay on their
+    # parts' masks and spread over the image.
+    index = data.read_cub(tiny_scenes)
+    dataset = data.make_dataset(
+        index,
+        split="all",
+        image_size=48,
+        batch_size=16,
+        crop_to_box=False,
+        include_part_masks=True,
+    )
+    batch = {k: v.numpy() for k, v in next(iter(dataset)).items()}
+    assert batch["image"].shape == (16, 48, 48, 3)
+    hits = [
+        batch["part_mask"][i, int(y), int(x)] == k + 1
+        for i, k in np.argwhere(batch["part_visible"])
+        for x, y in [batch["parts"][i, k]]
+    ]
+    assert len(hits) > 50 and np.mean(hits) > 0.85
+    backs = batch["parts"][batch["part_visible"][:, 0], 0]
+    assert (backs.max(axis=0) - backs.min(axis=0) > 16).all()
