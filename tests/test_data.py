@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import os
+import pathlib
 import shutil
 import sys
 
@@ -203,6 +204,172 @@ def test_read_cub_missing_image_names_path(fake_cub):
     with pytest.raises(FileNotFoundError, match="1 of 5 images") as info:
         data.read_cub(fake_cub)
     assert str(missing) in str(info.value)
+
+
+def _replace_line(path, number, text):
+    """Replaces the 1-based line `number` of `path` with `text`."""
+    lines = path.read_text().splitlines()
+    lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _truncate(path):
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+
+
+@pytest.mark.parametrize("class_id", ["99", "0", "-1", "1.5", "3"])
+def test_read_cub_rejects_invalid_class_id(fake_cub, class_id):
+    path = fake_cub / "CUB_200_2011" / "image_class_labels.txt"
+    _replace_line(path, 3, f"3 {class_id}")
+    with pytest.raises(ValueError) as info:
+        data.read_cub(fake_cub)
+    message = str(info.value)
+    assert f"{path}:3: '3 {class_id}'" in message
+    assert f"got '{class_id}'" in message
+    assert "integers in 1..2" in message
+    assert "classes.txt" in message
+
+
+@pytest.mark.parametrize(
+    "relative, line, match",
+    [
+        ("train_test_split.txt", "2 2", r"train_test_split\.txt:2: '2 2'"),
+        ("train_test_split.txt", "2 0.5", r"train_test_split\.txt:2: '2 0\.5'"),
+        (
+            "parts/part_locs.txt",
+            "1 1 35.0 10.0 2",
+            r"part_locs\.txt:1: '1 1 35\.0 10\.0 2'",
+        ),
+    ],
+)
+def test_read_cub_rejects_flags_other_than_0_or_1(
+    fake_cub, relative, line, match
+):
+    path = fake_cub / "CUB_200_2011" / relative
+    number = int(line.split()[0]) if "split" in relative else 1
+    _replace_line(path, number, line)
+    with pytest.raises(ValueError, match=match + r".*1.*0"):
+        data.read_cub(fake_cub)
+
+
+def test_read_cub_records_image_sizes(fake_cub):
+    index = data.read_cub(fake_cub)
+    assert index.image_sizes.dtype == np.int32
+    np.testing.assert_array_equal(
+        index.image_sizes, [[IMAGE_WIDTH, IMAGE_HEIGHT]] * 5
+    )
+    assert index.images_checked
+    assert not data.read_cub(fake_cub, check_images=False).images_checked
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        "1000.0 1000.0 50.0 50.0",  # entirely outside: a blank 1-px crop
+        "10.0 5.0 35.0 10.0",  # right edge 45 > 40 + 1
+        "-2.0 5.0 20.0 10.0",  # left edge -2 < -1
+    ],
+)
+def test_read_cub_rejects_box_outside_image(fake_cub, box):
+    path = fake_cub / "CUB_200_2011" / "bounding_boxes.txt"
+    _replace_line(path, 1, f"1 {box}")
+    with pytest.raises(ValueError) as info:
+        data.read_cub(fake_cub)
+    message = str(info.value)
+    assert f"{path}:1: '1 {box}'" in message
+    image = fake_cub / "CUB_200_2011" / "images" / "001.Aa" / "Aa_0001.jpg"
+    assert f"{image} is {IMAGE_WIDTH} x {IMAGE_HEIGHT} pixels" in message
+    # The check reads image headers only, so it runs without check_images.
+    with pytest.raises(ValueError, match="outside their image"):
+        data.read_cub(fake_cub, check_images=False)
+
+
+def test_box_within_one_pixel_of_the_border_is_clipped(fake_cub):
+    path = fake_cub / "CUB_200_2011" / "bounding_boxes.txt"
+    _replace_line(path, 1, "1 -0.5 5.0 41.0 25.5")  # [-0.5, 40.5) x [5, 30.5)
+    index = data.read_cub(fake_cub)
+    batch = _first_batch(
+        data.make_dataset(index, split="train", image_size=8, batch_size=3)
+    )
+    # Cropped to the whole width and rows 5..30: x' = x * 8 / 40,
+    # y' = (y - 5) * 8 / 25.
+    np.testing.assert_allclose(
+        batch["parts"][0, 1], [15.0 * 8 / 40, 2.5 * 8 / 25], rtol=1e-6
+    )
+
+
+def test_landmark_outside_image_is_invisible(fake_cub, caplog):
+    path = fake_cub / "CUB_200_2011" / "parts" / "part_locs.txt"
+    # Image 1 (40 x 30): back at x = 45 (outside), left eye at x = 40 (the
+    # right border: outside [0, 40)), right eye at x = 39.5 (inside).
+    _replace_line(path, 1, "1 1 45.0 10.0 1")
+    _replace_line(path, 2, "1 2 40.0 7.5 1")
+    _replace_line(path, 3, "1 3 39.5 10.0 1")
+    with caplog.at_level(logging.WARNING):
+        index = data.read_cub(fake_cub)
+    np.testing.assert_array_equal(index.part_visible[0], [False, False, True])
+    np.testing.assert_array_equal(index.part_locs[0, :2], np.zeros((2, 2)))
+    np.testing.assert_array_equal(index.part_locs[0, 2], [39.5, 10.0])
+    assert "2 visible landmark(s)" in caplog.text
+    assert f"{path}" in caplog.text and "line 1" in caplog.text
+    # The pipeline agrees: the uncropped image shows the same visibility.
+    whole = _first_batch(
+        data.make_dataset(
+            index, split="train", image_size=8, batch_size=3, crop_to_box=False
+        )
+    )
+    np.testing.assert_array_equal(
+        whole["part_visible"][0], [False, False, True]
+    )
+
+
+def test_read_cub_rejects_corrupt_image(fake_cub):
+    image = fake_cub / "CUB_200_2011" / "images" / "002.Bb" / "Bb_0002.jpg"
+    _truncate(image)
+    with pytest.raises(ValueError, match="1 of 5 images") as info:
+        data.read_cub(fake_cub)
+    message = str(info.value)
+    assert f"{image}: OSError" in message
+    assert "Replace these files" in message
+    # The header is intact: without the full decode the file passes.
+    index = data.read_cub(fake_cub, check_images=False)
+    assert not index.images_checked
+
+
+def test_read_cub_rejects_files_that_are_no_image(fake_cub):
+    root = fake_cub / "CUB_200_2011" / "images"
+    (root / "001.Aa" / "Aa_0002.jpg").write_text("<html>Not found</html>")
+    pixels = np.zeros((IMAGE_HEIGHT, IMAGE_WIDTH, 3), "uint8")
+    Image.fromarray(pixels).save(root / "002.Bb" / "Bb_0001.jpg", "TIFF")
+    for check_images in (True, False):
+        with pytest.raises(ValueError, match="2 of 5 images") as info:
+            data.read_cub(fake_cub, check_images=check_images)
+        message = str(info.value)
+        assert str(root / "001.Aa" / "Aa_0002.jpg") in message
+        tiff = root / "002.Bb" / "Bb_0001.jpg"
+        assert f"{tiff}: ValueError: format TIFF" in message
+
+
+def test_read_cub_check_images_must_be_bool(fake_cub):
+    with pytest.raises(ValueError, match="check_images='yes'"):
+        data.read_cub(fake_cub, check_images="yes")
+
+
+def test_read_cub_checks_part_masks(tiny_synthetic, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_synthetic, root)
+    index = data.read_cub(root)
+    mask = index.part_mask_paths[3]
+    Image.fromarray(np.zeros((10, 12), "uint8")).save(mask)
+    with pytest.raises(ValueError, match="differ in size") as info:
+        data.read_cub(root, check_images=False)
+    assert f"{mask} is [12, 10]" in str(info.value)
+    corrupt = index.part_mask_paths[5]
+    _truncate(pathlib.Path(corrupt))
+    with pytest.raises(ValueError, match="1 of 12 part masks") as info:
+        data.read_cub(root)
+    assert f"{corrupt}: " in str(info.value)
 
 
 # -------------------------------------------------------------- pipeline
@@ -440,6 +607,86 @@ def test_read_negatives_errors(tmp_path):
         data.read_negatives(tmp_path / "nothing_here")
     with pytest.raises(ValueError, match="holds no image"):
         data.read_negatives(tmp_path)
+
+
+def _batches(dataset, count=None):
+    dataset = dataset if count is None else dataset.take(count)
+    return [{k: v.numpy() for k, v in b.items()} for b in dataset]
+
+
+@pytest.mark.parametrize(
+    "position, kwargs",
+    [
+        (0, dict(split="all")),
+        (4, dict(split="all")),  # the last example of the epoch
+        (4, dict(split="test")),  # the last test example
+        (2, dict(split="all", shuffle=True, augment=True, repeat=True)),
+    ],
+)
+def test_make_dataset_names_file_that_fails_to_decode(
+    fake_cub, position, kwargs
+):
+    tf = pytest.importorskip("tensorflow")
+    index = data.read_cub(fake_cub, check_images=False)
+    bad = index.image_paths[position]
+    _truncate(pathlib.Path(bad))
+    dataset = data.make_dataset(
+        index, image_size=8, batch_size=3, drop_remainder=False, **kwargs
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        _batches(dataset, count=8)
+    message = str(info.value)
+    assert f"Could not read or decode {bad}." in message
+    assert "check_images=True" in message
+
+
+def test_make_dataset_names_corrupt_negative(fake_cub, tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    folder = tmp_path / "negatives"
+    folder.mkdir()
+    for i in range(2):
+        pixels = np.full((20, 25, 3), 40 * i, "uint8")
+        Image.fromarray(pixels).save(folder / f"n{i}.jpg")
+    (folder / "n0.jpg").write_bytes(b"")
+    index = data.read_cub(fake_cub)  # every object image checked
+    dataset = data.make_dataset(
+        index, split="train", image_size=8, batch_size=4, negatives=folder
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="n0.jpg"):
+        _batches(dataset)
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_naming_failures_changes_no_example(tiny_synthetic, repeat):
+    # The checked index takes the plain pipeline, the unchecked one the
+    # pipeline that numbers examples to name a failing file: the same
+    # seed gives the same batches, none skipped or reordered.
+    kwargs = dict(
+        split="all",
+        image_size=16,
+        batch_size=5,
+        shuffle=True,
+        augment=True,
+        seed=2,
+        include_part_masks=True,
+        drop_remainder=False,
+        repeat=repeat,
+    )
+    count = 6 if repeat else None  # 12 images: 3 batches per epoch
+    plain = _batches(
+        data.make_dataset(data.read_cub(tiny_synthetic), **kwargs), count
+    )
+    named = _batches(
+        data.make_dataset(
+            data.read_cub(tiny_synthetic, check_images=False), **kwargs
+        ),
+        count,
+    )
+    assert len(named) == len(plain) == (6 if repeat else 3)
+    for a, b in zip(plain, named, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
 
 
 # ------------------------------------------------------------- synthetic

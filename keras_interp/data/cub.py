@@ -1,9 +1,11 @@
 """Reader for an extracted CUB-200-2011 folder.
 
 `read_cub` parses the index files of `CUB_200_2011/` exactly as distributed
-(the layout is below) into a `CubIndex` of numpy
-arrays. It reads no image data and imports no TensorFlow: images are decoded
-later by `keras_interp.data.make_dataset`.
+into a `CubIndex` of numpy arrays, and checks them against the images: it
+reads every image's size from its header and, with `check_images`, decodes
+every image once with Pillow to find corrupt files. It imports no
+TensorFlow: the pixels used for training are decoded later by
+`keras_interp.data.make_dataset`.
 
 Expected layout (all ids 1-based, fields separated by spaces):
 
@@ -30,9 +32,12 @@ the image's size whose value is the 1-based part id (0 = no part).
 """
 
 import dataclasses
+import logging
 import os
+from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 
 CUB_FOLDER_NAME = "CUB_200_2011"
 IMAGES_DIR = "images"
@@ -41,6 +46,15 @@ PART_MASKS_DIR = "part_segmentations"
 PART_MASK_EXTENSION = ".png"
 # Number of missing images listed in the error message.
 _MAX_LISTED_MISSING = 5
+# Pillow's names of the formats that `tf.io.decode_image` decodes (JPEG XL,
+# which TensorFlow also reads, needs a Pillow plugin). "MPO" is a JPEG with
+# extra frames, as some cameras write.
+DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
+# How far (pixels) a box edge may lie outside its image: one pixel of
+# rounding. The pipeline clips the rest of such a box to the image.
+BOX_SLACK_PIXELS = 1.0
+
+_logger = logging.getLogger(__name__)
 
 _LAYOUT = f"""\
 {CUB_FOLDER_NAME}/
@@ -77,6 +91,11 @@ class CubIndex:
         has_parts: whether `parts/` was present.
         part_mask_paths: str `(N,)` absolute paths of the part-id PNG maps
             in `part_segmentations/`, or `None` when that folder is absent.
+        image_sizes: int32 `(N, 2)`, `[width, height]` of each image in
+            pixels, as read by `read_cub` (`None` if built otherwise).
+        images_checked: whether `read_cub` decoded every image and part
+            mask (`check_images=True`). `make_dataset` then skips its
+            per-example bookkeeping that names a file failing to decode.
     """
 
     data_dir: str
@@ -91,6 +110,8 @@ class CubIndex:
     part_visible: np.ndarray
     has_parts: bool
     part_mask_paths: np.ndarray | None = None
+    image_sizes: np.ndarray | None = None
+    images_checked: bool = False
 
     @property
     def num_images(self) -> int:
@@ -179,8 +200,20 @@ def _to_floats(
     return values
 
 
-def _read_id_table(path: str, num_values: int) -> dict[int, list[float]]:
-    """Reads `<image_id> <v1> ... <vn>` lines into `{id: [floats]}`."""
+class _Row(NamedTuple):
+    """One parsed line of an `<image_id> <v1> ... <vn>` file."""
+
+    line_number: int
+    fields: list[str]
+    values: list[float]
+
+    def where(self, path: str) -> str:
+        """`file:line: 'the line'`, for error messages."""
+        return f"{path}:{self.line_number}: {' '.join(self.fields)!r}"
+
+
+def _read_id_table(path: str, num_values: int) -> dict[int, _Row]:
+    """Reads `<image_id> <v1> ... <vn>` lines into `{id: _Row}`."""
     table = {}
     for line_number, fields in _read_rows(path, num_values + 1):
         key = _to_id(path, line_number, fields, fields[0])
@@ -189,7 +222,8 @@ def _read_id_table(path: str, num_values: int) -> dict[int, list[float]]:
                 f"Malformed line {path}:{line_number}: {' '.join(fields)!r}. "
                 f"Id {key} appears twice."
             )
-        table[key] = _to_floats(path, line_number, fields, fields[1:])
+        values = _to_floats(path, line_number, fields, fields[1:])
+        table[key] = _Row(line_number, fields, values)
     return table
 
 
@@ -219,7 +253,9 @@ def _dense_names(path: str, names: dict[int, str]) -> np.ndarray:
     return np.array([names[i] for i in expected], dtype=str)
 
 
-def _lookup(path: str, table: dict, image_ids: np.ndarray, what: str) -> list:
+def _lookup(
+    path: str, table: dict[int, _Row], image_ids: np.ndarray, what: str
+) -> list[_Row]:
     missing = [int(i) for i in image_ids if int(i) not in table]
     if missing:
         raise ValueError(
@@ -228,6 +264,46 @@ def _lookup(path: str, table: dict, image_ids: np.ndarray, what: str) -> list:
             "needs one line."
         )
     return [table[int(i)] for i in image_ids]
+
+
+def _read_labels(
+    path: str, image_ids: np.ndarray, classes_path: str, num_classes: int
+) -> np.ndarray:
+    """0-based labels; every class id must be an integer in 1..C."""
+    rows = _lookup(path, _read_id_table(path, 1), image_ids, "class label")
+    for row in rows:
+        class_id = row.values[0]
+        if not (class_id.is_integer() and 1 <= class_id <= num_classes):
+            raise ValueError(
+                f"Invalid class id in {row.where(path)}: got "
+                f"{row.fields[1]!r}, but class ids must be integers in "
+                f"1..{num_classes} (the ids of {classes_path}). Fix the "
+                "line, or add the class to classes.txt."
+            )
+    return np.array([row.values[0] - 1 for row in rows], dtype="int32")
+
+
+def _read_split(path: str, image_ids: np.ndarray) -> np.ndarray:
+    rows = _lookup(path, _read_id_table(path, 1), image_ids, "train/test flag")
+    for row in rows:
+        if row.values[0] not in (0.0, 1.0):
+            raise ValueError(
+                f"Invalid train/test flag in {row.where(path)}: got "
+                f"{row.fields[1]!r}, expected 1 (train) or 0 (test)."
+            )
+    return np.array([row.values[0] == 1.0 for row in rows], dtype=bool)
+
+
+def _read_boxes(path: str, image_ids: np.ndarray) -> list[_Row]:
+    rows = _lookup(path, _read_id_table(path, 4), image_ids, "bounding box")
+    for row in rows:
+        if min(row.values[2:]) <= 0:
+            raise ValueError(
+                f"Invalid box in {row.where(path)}: the width and height of "
+                "`<image_id> <x> <y> <width> <height>` must be positive. Fix "
+                "the box."
+            )
+    return rows
 
 
 def _check_files_exist(paths: np.ndarray, what: str, fix: str) -> None:
@@ -240,9 +316,75 @@ def _check_files_exist(paths: np.ndarray, what: str, fix: str) -> None:
         )
 
 
+def _read_image_sizes(
+    paths: np.ndarray, *, decode: bool, what: str, fix: str
+) -> np.ndarray:
+    """`[width, height]` of each image, from its header or a full decode.
+
+    Opening a file with Pillow parses only its header: this finds files
+    that are no image at all (empty, HTML, ...) and formats that
+    `tf.io.decode_image` cannot read. With `decode`, the pixels are
+    decoded too, which finds truncated and corrupt files: on truncated,
+    bit-flipped, empty and non-image files (JPEG, progressive JPEG, PNG),
+    Pillow and `tf.io.decode_image` rejected exactly the same ones.
+    """
+    sizes = np.zeros((len(paths), 2), dtype="int32")
+    failures = []
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                if image.format not in DECODABLE_FORMATS:
+                    raise ValueError(
+                        f"format {image.format}, which tf.io.decode_image "
+                        f"cannot decode (it reads {DECODABLE_FORMATS})"
+                    )
+                if decode:
+                    image.load()
+                sizes[i] = image.size
+        # Pillow signals a broken file with many types (OSError,
+        # SyntaxError, EOFError, struct.error, zlib.error, ...); each one
+        # means the pipeline could not decode the file either.
+        except Exception as error:  # noqa: BLE001
+            failures.append(f"{path}: {type(error).__name__}: {error}")
+    if failures:
+        listed = "\n  ".join(failures[:_MAX_LISTED_MISSING])
+        verb = "decoded" if decode else "opened as images"
+        raise ValueError(
+            f"{len(failures)} of {len(paths)} {what} cannot be {verb}, "
+            f"e.g.:\n  {listed}\n{fix}"
+        )
+    return sizes
+
+
+def _check_boxes_inside(
+    path: str, rows: list[_Row], image_paths: np.ndarray, sizes: np.ndarray
+) -> None:
+    boxes = np.array([row.values for row in rows], dtype="float64")
+    slack = BOX_SLACK_PIXELS
+    outside = (
+        (boxes[:, 0] < -slack)
+        | (boxes[:, 1] < -slack)
+        | (boxes[:, 0] + boxes[:, 2] > sizes[:, 0] + slack)
+        | (boxes[:, 1] + boxes[:, 3] > sizes[:, 1] + slack)
+    )
+    if outside.any():
+        first = int(np.argmax(outside))
+        width, height = sizes[first].tolist()
+        raise ValueError(
+            f"{int(outside.sum())} box(es) in {path} reach outside their "
+            f"image, e.g. {rows[first].where(path)} (`<image_id> <x> <y> "
+            f"<width> <height>`), but {image_paths[first]} is {width} x "
+            f"{height} pixels (width x height). A box must lie inside its "
+            f"image (up to {slack:g} pixel of rounding). Fix the box; a box "
+            "far outside is often in the coordinates of a resized copy of "
+            "the image."
+        )
+
+
 def _read_parts(
     root: str, image_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Part names, locations, visibility and `part_locs.txt` line numbers."""
     parts_path = os.path.join(root, PARTS_DIR, "parts.txt")
     locs_path = os.path.join(root, PARTS_DIR, "part_locs.txt")
     part_names = _dense_names(parts_path, _read_names(parts_path))
@@ -250,7 +392,7 @@ def _read_parts(
     row_of = {int(image_id): row for row, image_id in enumerate(image_ids)}
     locs = np.zeros((len(image_ids), num_parts, 2), dtype="float32")
     visible = np.zeros((len(image_ids), num_parts), dtype=bool)
-    seen = np.zeros((len(image_ids), num_parts), dtype=bool)
+    lines = np.zeros((len(image_ids), num_parts), dtype="int64")
     for line_number, fields in _read_rows(locs_path, 5):
         image_id = _to_id(locs_path, line_number, fields, fields[0])
         part_id = _to_id(locs_path, line_number, fields, fields[1])
@@ -262,38 +404,110 @@ def _read_parts(
                 f"images.txt and part id {part_id} in parts.txt "
                 f"(1..{num_parts})."
             )
+        if flag not in (0.0, 1.0):
+            raise ValueError(
+                f"Invalid visibility flag in {locs_path}:{line_number}: "
+                f"{' '.join(fields)!r}. Expected 1 (visible) or 0 "
+                f"(invisible), got {fields[4]!r}."
+            )
         row, col = row_of[image_id], part_id - 1
-        if seen[row, col]:
+        if lines[row, col]:
             raise ValueError(
                 f"Malformed line {locs_path}:{line_number}: "
                 f"{' '.join(fields)!r}. Part {part_id} of image {image_id} "
                 "appears twice."
             )
-        seen[row, col] = True
-        visible[row, col] = flag > 0
-        if flag > 0:
+        lines[row, col] = line_number
+        visible[row, col] = flag == 1.0
+        if flag == 1.0:
             locs[row, col] = (x, y)
-    if not seen.all():
-        row, col = np.argwhere(~seen)[0]
+    if not lines.all():
+        row, col = np.argwhere(lines == 0)[0]
         raise ValueError(
-            f"{locs_path} lacks {int((~seen).sum())} (image, part) rows, e.g. "
-            f"image id {int(image_ids[row])}, part id {col + 1}. CUB lists "
-            "every part of every image, with `0 0 0` for invisible parts."
+            f"{locs_path} lacks {int((lines == 0).sum())} (image, part) rows, "
+            f"e.g. image id {int(image_ids[row])}, part id {col + 1}. CUB "
+            "lists every part of every image, with `0 0 0` for invisible "
+            "parts."
         )
-    return part_names, locs, visible
+    return part_names, locs, visible, lines
 
 
-def read_cub(data_dir: str | os.PathLike) -> CubIndex:
+def _hide_landmarks_outside(
+    locs_path: str,
+    lines: np.ndarray,
+    part_locs: np.ndarray,
+    part_visible: np.ndarray,
+    sizes: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Marks visible landmarks outside `[0, W) x [0, H)` invisible.
+
+    This is what `make_dataset` does with a landmark that falls outside the
+    output image, so the index and the batches agree; a warning names the
+    first such line.
+    """
+    x, y = part_locs[..., 0], part_locs[..., 1]
+    width, height = sizes[:, None, 0], sizes[:, None, 1]
+    outside = part_visible & ((x < 0) | (y < 0) | (x >= width) | (y >= height))
+    if not outside.any():
+        return part_locs, part_visible
+    row, col = np.argwhere(outside)[0]
+    _logger.warning(
+        "%d visible landmark(s) in %s lie outside their image and are "
+        "treated as invisible, e.g. line %d: [x, y] = %s in an image of "
+        "%d x %d pixels (width x height). Fix the file if these are "
+        "annotation errors.",
+        int(outside.sum()),
+        locs_path,
+        int(lines[row, col]),
+        part_locs[row, col].tolist(),
+        int(sizes[row, 0]),
+        int(sizes[row, 1]),
+    )
+    part_locs = np.where(outside[..., None], 0.0, part_locs).astype("float32")
+    return part_locs, part_visible & ~outside
+
+
+def read_cub(
+    data_dir: str | os.PathLike, *, check_images: bool = True
+) -> CubIndex:
     """Reads the index files of an extracted CUB-200-2011 folder.
 
-    Numbers are parsed as floats (CUB writes boxes as `60.0`). Every image
-    file is checked for existence (a `stat` per file, well under a second for
-    the 11,788 CUB images) so that a broken extraction fails here rather
-    than mid-epoch.
+    Numbers are parsed as floats (CUB writes boxes as `60.0`); ids must be
+    integers. Everything is checked here, so that a broken dataset fails
+    now, naming the file and line, rather than mid-epoch:
+
+    - class ids in `image_class_labels.txt` must be integers in `1..C`
+      (the ids of `classes.txt`), train/test and visibility flags `0` or
+      `1`, box sides positive;
+    - every image must exist and open as an image in a format that
+      `tf.io.decode_image` reads. Its size is read from its header and kept
+      in `image_sizes`;
+    - every box must lie inside its image, up to `BOX_SLACK_PIXELS`
+      (one pixel) of rounding; `make_dataset` clips a box that sticks out
+      by less;
+    - a visible landmark outside its image (`x` not in `[0, W)` or `y` not
+      in `[0, H)`) is marked invisible, with a warning that names the
+      first such line: `make_dataset` treats a landmark outside its output
+      image the same way, and CUB writes invisible parts as `0 0 0`;
+    - part masks, if present, must exist and have their image's size;
+    - with `check_images` (the default), every image and part mask is also
+      decoded once with Pillow, which finds truncated and corrupt files
+      (on truncated and bit-flipped JPEGs and PNGs, Pillow and
+      `tf.io.decode_image` rejected exactly the same files).
+
+    Cost (CPU time; the reading is single-threaded): `read_cub` on 1,000
+    CUB-like 500 x 375 JPEGs (about 90 KiB each) takes 1.1-1.2 ms of CPU
+    per image with `check_images`, 0.1 ms without (index files and
+    headers), so the check adds about 13 s for the 11,788 CUB images, little
+    next to a training run that a corrupt file would stop hours in. On the
+    embedded synthetic set (128 px images and their part masks) it is
+    0.27 against 0.10 ms per image. With `check_images=False`, a corrupt
+    file stops `make_dataset`'s iteration with an error that names it.
 
     Args:
         data_dir: the `CUB_200_2011` folder itself, or the folder that
             contains it.
+        check_images: fully decode every image and part mask now.
 
     Returns:
         A `CubIndex` sorted by image id. Without `parts/`, `has_parts` is
@@ -304,9 +518,11 @@ def read_cub(data_dir: str | os.PathLike) -> CubIndex:
         FileNotFoundError: if the folder, an index file, an image or a part
             mask is missing. The message names the path and shows the
             expected layout.
-        ValueError: if an index file is malformed (the message names
-            `file:line` and quotes the line), or if the files disagree (an
-            image without a label, box or split entry).
+        ValueError: if an index file is malformed or holds an invalid value
+            (the message names `file:line` and quotes the line), if the
+            files disagree (an image without a label, box or split entry),
+            if a box lies outside its image, or if an image or part mask
+            cannot be opened or decoded (the message names the files).
 
     Example:
 
@@ -315,6 +531,11 @@ def read_cub(data_dir: str | os.PathLike) -> CubIndex:
     >>> index.image_paths[index.is_train].shape  # doctest: +SKIP
     (5994,)
     """
+    if not isinstance(check_images, bool):
+        raise ValueError(
+            "`check_images` must be True or False. Received: "
+            f"check_images={check_images!r}."
+        )
     root = _resolve_root(data_dir)
     images_path = os.path.join(root, "images.txt")
     relative_paths = _read_names(images_path)
@@ -331,61 +552,58 @@ def read_cub(data_dir: str | os.PathLike) -> CubIndex:
 
     classes_path = os.path.join(root, "classes.txt")
     class_names = _dense_names(classes_path, _read_names(classes_path))
-
-    labels_path = os.path.join(root, "image_class_labels.txt")
-    labels_table = _read_id_table(labels_path, 1)
-    labels = np.array(
-        _lookup(labels_path, labels_table, image_ids, "class label"),
-        dtype="float64",
-    )[:, 0]
-    bad = (labels < 1) | (labels > len(class_names)) | (labels % 1 != 0)
-    if bad.any():
-        image_id = int(image_ids[np.argmax(bad)])
-        raise ValueError(
-            f"{labels_path}: image id {image_id} has class id "
-            f"{labels[np.argmax(bad)]}, but classes.txt defines class ids "
-            f"1..{len(class_names)}."
-        )
-    labels = (labels - 1).astype("int32")
-
+    labels = _read_labels(
+        os.path.join(root, "image_class_labels.txt"),
+        image_ids,
+        classes_path,
+        len(class_names),
+    )
     split_path = os.path.join(root, "train_test_split.txt")
-    split_table = _read_id_table(split_path, 1)
-    is_train = (
-        np.array(
-            _lookup(split_path, split_table, image_ids, "train/test flag"),
-            dtype="float64",
-        )[:, 0]
-        > 0
-    )
-
+    is_train = _read_split(split_path, image_ids)
     boxes_path = os.path.join(root, "bounding_boxes.txt")
-    boxes_table = _read_id_table(boxes_path, 4)
-    boxes = np.array(
-        _lookup(boxes_path, boxes_table, image_ids, "bounding box"),
-        dtype="float32",
-    )
-    if (boxes[:, 2:] <= 0).any():
-        row = int(np.argmax((boxes[:, 2:] <= 0).any(axis=1)))
-        raise ValueError(
-            f"{boxes_path}: image id {int(image_ids[row])} has a box with a "
-            f"non-positive size: {boxes[row].tolist()} ([x, y, width, "
-            "height]). Fix the box."
-        )
+    box_rows = _read_boxes(boxes_path, image_ids)
+    boxes = np.array([row.values for row in box_rows], dtype="float32")
 
     has_parts = os.path.isdir(os.path.join(root, PARTS_DIR))
     if has_parts:
-        part_names, part_locs, part_visible = _read_parts(root, image_ids)
+        part_names, part_locs, part_visible, part_lines = _read_parts(
+            root, image_ids
+        )
     else:
         part_names = np.zeros((0,), dtype=str)
         part_locs = np.zeros((len(image_ids), 0, 2), dtype="float32")
         part_visible = np.zeros((len(image_ids), 0), dtype=bool)
 
-    _check_files_exist(
-        image_paths,
-        "images listed in images.txt",
-        f"Re-extract the archive so that every file exists under "
-        f"{os.path.join(root, IMAGES_DIR)}.",
+    fix = (
+        "Re-extract the archive, or replace these files, so that every "
+        f"file exists under {os.path.join(root, IMAGES_DIR)}."
     )
+    _check_files_exist(image_paths, "images listed in images.txt", fix)
+    if check_images:
+        _logger.info(
+            "Decoding the %d images of %s to check them "
+            "(`check_images=False` skips this).",
+            len(image_paths),
+            root,
+        )
+    image_sizes = _read_image_sizes(
+        image_paths,
+        decode=check_images,
+        what="images listed in images.txt",
+        fix=(
+            "Replace these files (re-extract the archive), or remove their "
+            "lines from every index file."
+        ),
+    )
+    _check_boxes_inside(boxes_path, box_rows, image_paths, image_sizes)
+    if has_parts:
+        part_locs, part_visible = _hide_landmarks_outside(
+            os.path.join(root, PARTS_DIR, "part_locs.txt"),
+            part_lines,
+            part_locs,
+            part_visible,
+            image_sizes,
+        )
 
     part_mask_paths = None
     masks_root = os.path.join(root, PART_MASKS_DIR)
@@ -398,13 +616,29 @@ def read_cub(data_dir: str | os.PathLike) -> CubIndex:
             ],
             dtype=str,
         )
-        _check_files_exist(
-            part_mask_paths,
-            f"part masks in {PART_MASKS_DIR}/",
+        masks_fix = (
             f"Each image needs `{PART_MASKS_DIR}/<class folder>/<file>"
-            f"{PART_MASK_EXTENSION}`; remove {masks_root} to read the "
-            "dataset without part masks.",
+            f"{PART_MASK_EXTENSION}`, of the image's size; remove "
+            f"{masks_root} to read the dataset without part masks."
         )
+        _check_files_exist(
+            part_mask_paths, f"part masks in {PART_MASKS_DIR}/", masks_fix
+        )
+        mask_sizes = _read_image_sizes(
+            part_mask_paths,
+            decode=check_images,
+            what=f"part masks in {PART_MASKS_DIR}/",
+            fix=masks_fix,
+        )
+        wrong = (mask_sizes != image_sizes).any(axis=1)
+        if wrong.any():
+            first = int(np.argmax(wrong))
+            raise ValueError(
+                f"{int(wrong.sum())} part mask(s) differ in size from their "
+                f"image, e.g. {part_mask_paths[first]} is "
+                f"{mask_sizes[first].tolist()} but {image_paths[first]} is "
+                f"{image_sizes[first].tolist()} ([width, height]). {masks_fix}"
+            )
 
     return CubIndex(
         data_dir=root,
@@ -419,4 +653,6 @@ def read_cub(data_dir: str | os.PathLike) -> CubIndex:
         part_visible=part_visible,
         has_parts=has_parts,
         part_mask_paths=part_mask_paths,
+        image_sizes=image_sizes,
+        images_checked=check_images,
     )
