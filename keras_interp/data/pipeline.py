@@ -492,7 +492,7 @@ def _decode_naming_failures(
                 "Replace the file, or remove its lines from the dataset "
                 "index files. "
                 "`keras_interp.data.read_cub(..., check_images=True)` finds "
-                "every such file before training.",
+                "every such image of a CUB folder before training.",
             ]
         )
         assertion = tf.debugging.Assert(tf.equal(count, expected), [message])
