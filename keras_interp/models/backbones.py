@@ -320,7 +320,8 @@ def _check_preprocessing(requested, recorded, weights):
         raise ValueError(
             f"`preprocessing={requested!r}` does not match the weights "
             f"{weights!r}, which were trained with {recorded!r} "
-            "preprocessing; their features would be meaningless. Omit "
+            "preprocessing; any other mode silently degrades their "
+            "features. Omit "
             "`preprocessing` (it is then taken from the weights) or pass "
             f"preprocessing={recorded!r}."
         )
