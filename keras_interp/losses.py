@@ -2,13 +2,33 @@
 
 Paper: Zhang, Wu, Zhu, "Interpretable Convolutional Neural Networks",
 CVPR 2018, Section 3.1 (Eqs. 1-4). Authors' code: the backward pass of the
-`conv_mask` layer in `our_vl_simplenn.m` (see
-`docs/method_notes.md`).
+`conv_mask` layer in `our_vl_simplenn.m` (`docs/method_notes.md`).
 
 All functions take channels-last feature maps `[batch, height, width,
 filters]` taken after ReLU, compute in float32 whatever the input dtype, and
 return one value per filter. The batch plays the role of the paper's image
 set `X`.
+
+Scale. With the paper's `tau = 0.5 / n^2` the template logits
+`tr(x . T)` grow with the activations, so Eq. 1 computed on raw maps
+depends on the arbitrary scale of each backbone's activations: rescaling a
+filter's maps by `c` changes its MI, and not even monotonically. Minimising
+`-MI` then rewards rescaling the activations instead of localising them.
+The paper's `tau` implicitly assumes peaks of order `n^2` (VGG-16 conv5 on
+0-255 inputs). Every loss function here therefore takes a
+`normalization` argument:
+
+* `"mean_max"` (default): Eq. 1 is computed on
+  `x_hat = x * n^2 / m_f`, where `n^2 = H * W` and `m_f` is the batch mean
+  of filter `f`'s spatial maximum (the paper's "mean max x", Section 5,
+  which the paper folds into `lambda`). The gradient flows through `m_f`.
+  The loss is then scale-free: `loss(c x) = loss(x)` for every `c > 0`, its
+  gradient scales as `1 / c`, and it is orthogonal to `x` filter by filter
+  (`sum x dLoss/dx = 0`), so the loss cannot be lowered by inflating or
+  shrinking a filter's activations. `tau`, `beta` and `alpha` keep the
+  paper's meaning, applied to `x_hat`. A dead filter (`m_f = 0`) has loss
+  0 and gradient 0.
+* `None`: the paper-literal Eq. 1 on the raw maps, for reproduction.
 """
 
 import math
@@ -78,6 +98,116 @@ class BatchReduction:
 
 LOCAL_BATCH = BatchReduction()
 
+# Scale of the maps the filter loss sees; see the module docstring.
+NORMALIZATIONS = ("mean_max", None)
+DEFAULT_NORMALIZATION = "mean_max"
+
+
+def check_normalization(normalization):
+    """Validates the `normalization` argument and returns it."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"`normalization` must be one of {NORMALIZATIONS}: 'mean_max' "
+            "(the scale-free default, Eq. 1 on x * H*W / mean max x) or None "
+            "(the paper-literal scale). Received: "
+            f"normalization={normalization!r}."
+        )
+    return normalization
+
+
+def mean_max(feature_maps, *, reduction=None):
+    """`m_f`, the batch mean of each filter's spatial maximum, `[filters]`.
+
+    The paper's "mean max x" (Section 5). `reduction` says what the batch
+    is: under `tf.distribute` a cross-replica reduction gives the global
+    batch mean. Differentiable (the maximum's gradient is shared equally by
+    tied cells).
+    """
+    reduction = LOCAL_BATCH if reduction is None else reduction
+    peaks = ops.max(ops.cast(feature_maps, "float32"), axis=(1, 2))  # [B, C]
+    return reduction.sum(peaks)[0] / reduction.size(peaks)
+
+
+def normalize_maps(feature_maps, *, normalization="mean_max", reduction=None):
+    """The maps the filter loss scores: `x * H*W / m_f`, or `x` itself.
+
+    With `normalization="mean_max"`, each filter's maps are divided by
+    `m_f = mean_batch max_ij x` (`mean_max`) and multiplied by `n^2 = H*W`,
+    so that the mean peak is `n^2`, the scale the paper's
+    `tau = 0.5 / n^2` assumes. The gradient flows through `m_f`. A filter
+    with `m_f <= 0` (dead on the whole batch) maps to zeros, with a zero
+    gradient and no NaN. With `normalization=None` the float32 maps are
+    returned unchanged (the paper-literal loss).
+
+    Args:
+        feature_maps: non-negative tensor `[batch, height, width, filters]`.
+        normalization: `"mean_max"` (default) or None.
+        reduction: optional `BatchReduction` (global batch under
+            `tf.distribute`).
+
+    Returns:
+        float32 tensor, the shape of `feature_maps`.
+    """
+    check_normalization(normalization)
+    x = ops.cast(feature_maps, "float32")
+    if normalization is None:
+        return x
+    _check_feature_maps(feature_maps)
+    _, height, width, _ = feature_maps.shape
+    m = mean_max(x, reduction=reduction)
+    alive = m > 0
+    safe = ops.where(alive, m, ops.ones_like(m))
+    scaled = x * (float(height * width) / safe)
+    return ops.where(alive, scaled, ops.zeros_like(x))
+
+
+def chain_normalization(
+    gradient, feature_maps, *, normalization="mean_max", reduction=None
+):
+    """`dL/dx` from `dL/dx_hat`, through `x_hat = normalize_maps(x)`.
+
+    The exact chain rule, `m_f` included:
+
+    ```
+    dL/dx = n^2 / m_f * (G - (sum_{b,i,j} G x_hat) / n^2 * dm_f/dx)
+    dm_f/dx[b,i,j] = 1 / (B * ties_b)  at the peak cells of image b, else 0
+    ```
+
+    with `G = dL/dx_hat`, the sum over the (global) batch and `ties_b` the
+    number of cells tied at image `b`'s maximum (the maximum's gradient is
+    shared equally, as autodiff does). The result is orthogonal to `x`
+    filter by filter. Zero for dead filters (`m_f <= 0`); `G` itself with
+    `normalization=None`. Used for the authors' surrogate, which gives a
+    gradient but no loss to differentiate.
+
+    Args:
+        gradient: `[batch, height, width, filters]`, `dL/dx_hat`.
+        feature_maps: the raw maps `x`, same shape.
+        normalization, reduction: as in `normalize_maps`.
+
+    Returns:
+        float32 tensor, the shape of `feature_maps`.
+    """
+    check_normalization(normalization)
+    g = ops.cast(gradient, "float32")
+    if normalization is None:
+        return g
+    x = ops.cast(feature_maps, "float32")
+    reduction = LOCAL_BATCH if reduction is None else reduction
+    _, height, width, _ = feature_maps.shape
+    n2 = float(height * width)
+    x_hat = normalize_maps(x, reduction=reduction)
+    m = mean_max(x, reduction=reduction)
+    alive = m > 0
+    safe = ops.where(alive, m, ops.ones_like(m))
+    peaks = ops.max(x, axis=(1, 2), keepdims=True)
+    at_peak = ops.cast(ops.equal(x, peaks), "float32")
+    ties = ops.sum(at_peak, axis=(1, 2), keepdims=True)
+    dm_dx = at_peak / (ties * reduction.size(x))
+    projection = reduction.sum(ops.sum(g * x_hat, axis=(1, 2)))[0] / n2
+    chained = (n2 / safe) * (g - projection * dm_dx)
+    return ops.where(alive, chained, ops.zeros_like(chained))
+
 
 def _log_mean_exp_over_batch(z, reduction):
     """`log mean_x exp(z)` over the (possibly global) batch axis.
@@ -128,11 +258,18 @@ def _kl_term(ratio_log):
 
 
 def template_log_likelihoods(
-    feature_maps, *, beta=4.0, tau=None, alpha=None, reduction=None
+    feature_maps,
+    *,
+    beta=4.0,
+    tau=None,
+    alpha=None,
+    normalization="mean_max",
+    reduction=None,
 ):
     """Log-likelihoods of every feature map under every part template.
 
-    Computes, per filter, in log space:
+    Computes, per filter, in log space, on `x_hat = normalize_maps(x)`
+    (`x` itself with `normalization=None`):
 
     * `log p(x|T) = tr(x . T) - log Z_T` with `tr(x . T) = sum_ij x_ij t_ij`
       and `Z_T = sum_{x in X} exp(tr(x . T))` over the batch (paper Eq. 1);
@@ -143,7 +280,8 @@ def template_log_likelihoods(
 
     The template product is one GEMM of `[batch, H*W, filters]` against the
     `[H*W + 1, H*W]` templates. `reduction` (a `BatchReduction`) says what
-    "the batch" is; the default is the tensor's own batch.
+    "the batch" is, for `Z_T`, `p(x)` and `m_f`; the default is the
+    tensor's own batch.
 
     Returns:
         A dict with `log_lik` `[batch, filters, H*W + 1]`, `log_prior`
@@ -155,7 +293,11 @@ def template_log_likelihoods(
     n_cells = height * width
     alpha = default_alpha(height, width) if alpha is None else alpha
     _check_alpha(alpha)
-    x = ops.reshape(ops.cast(feature_maps, "float32"), (-1, n_cells, filters))
+    reduction = LOCAL_BATCH if reduction is None else reduction
+    x = normalize_maps(
+        feature_maps, normalization=normalization, reduction=reduction
+    )
+    x = ops.reshape(x, (-1, n_cells, filters))
     t = templates_lib.part_templates(height, width, beta=beta, tau=tau)
     if len(t.shape) == 3:
         t = ops.reshape(t, (n_cells + 1, n_cells))
@@ -171,7 +313,6 @@ def template_log_likelihoods(
     )
     # Work with log(batch * p(x|T)) and log(batch * p(x)): centring the
     # logits over the batch makes both small for similar images.
-    reduction = LOCAL_BATCH if reduction is None else reduction
     size = reduction.size(logits)
     centred = logits - reduction.sum(logits) / size
     scaled_lik = centred - _log_mean_exp_over_batch(centred, reduction)
@@ -186,7 +327,13 @@ def template_log_likelihoods(
 
 
 def mutual_information(
-    feature_maps, *, beta=4.0, tau=None, alpha=None, reduction=None
+    feature_maps,
+    *,
+    beta=4.0,
+    tau=None,
+    alpha=None,
+    normalization="mean_max",
+    reduction=None,
 ):
     """Mutual information between feature maps and part templates (Eq. 1).
 
@@ -197,7 +344,10 @@ def mutual_information(
     ```
 
     `X` is the batch: `p(x|T)` is normalised over the images of the batch,
-    so a batch of one gives 0. The filter loss is `-MI`. Everything is
+    so a batch of one gives 0. The filter loss is `-MI`. By default `x` is
+    the scale-free `x_hat = x * H*W / m_f` (`normalize_maps`; the module
+    docstring says why), so the value does not change when a filter's maps
+    are multiplied by any `c > 0`. Everything is
     computed in log space in float32, as a sum of non-negative terms
     `p(x) phi(log[p(x|T)/p(x)])` (see `_kl_term`), so the value keeps its
     relative precision when it is tiny and stays finite for activations
@@ -211,10 +361,14 @@ def mutual_information(
         alpha: float in (0, 1), total prior of the positive templates.
             Default `H*W / (1 + H*W)`, which gives every template the prior
             `1 / (1 + H*W)`.
+        normalization: `"mean_max"` (default): Eq. 1 on
+            `x * H*W / m_f`, with `m_f` the batch mean of filter `f`'s
+            spatial maximum and the gradient flowing through it
+            (scale-free); `None`: Eq. 1 on the raw maps (paper-literal).
         reduction: optional `BatchReduction`. With a cross-replica
-            reduction, `Z_T` and `p(x)` are global-batch quantities and the
-            result is this replica's share of the global MI (the shares sum
-            to it).
+            reduction, `Z_T`, `p(x)` and `m_f` are global-batch quantities
+            and the result is this replica's share of the global MI (the
+            shares sum to it).
 
     Returns:
         float32 tensor of shape `[filters]`.
@@ -226,7 +380,12 @@ def mutual_information(
     (2,)
     """
     stats = template_log_likelihoods(
-        feature_maps, beta=beta, tau=tau, alpha=alpha, reduction=reduction
+        feature_maps,
+        beta=beta,
+        tau=tau,
+        alpha=alpha,
+        normalization=normalization,
+        reduction=reduction,
     )
     terms = ops.exp(stats["log_px"]) * _kl_term(stats["log_ratio"])
     return ops.sum(ops.sum(terms, axis=0) * ops.exp(stats["log_prior"]), -1)
@@ -258,6 +417,7 @@ def category_mutual_information(
     tau=None,
     alpha=None,
     center="argmax",
+    normalization="mean_max",
     reduction=None,
 ):
     """The label-consistent part of Eq. 1: the category-aware filter loss.
@@ -270,7 +430,8 @@ def category_mutual_information(
     value_f = sum_x p(T^_x) p(x|T^_x) log[p(x|T^_x) / p(x)]
     ```
 
-    with `p(x|T)`, `Z_T`, `p(T)` and `p(x)` exactly as in
+    with `p(x|T)`, `Z_T`, `p(T)`, `p(x)` and the scale (`normalization`;
+    `m_f` is the mean over all images, of every category) exactly as in
     `mutual_information`. Eq. 4 is the gradient of this sum with `Z_T` and
     `p(x)` held constant (and its `+1` term dropped); here the exact gradient
     is used. Maximising it makes a filter fire at one place on its own
@@ -280,14 +441,20 @@ def category_mutual_information(
         feature_maps: non-negative tensor `[batch, height, width, filters]`.
         positives: bool or 0/1 tensor `[batch, filters]`, True where the image
             belongs to the filter's category.
-        beta, tau, alpha, reduction: as in `mutual_information`.
+        beta, tau, alpha, normalization, reduction: as in
+            `mutual_information`.
         center: `"argmax"` (paper) or `"centroid"` (authors' code).
 
     Returns:
         float32 tensor of shape `[filters]`.
     """
     stats = template_log_likelihoods(
-        feature_maps, beta=beta, tau=tau, alpha=alpha, reduction=reduction
+        feature_maps,
+        beta=beta,
+        tau=tau,
+        alpha=alpha,
+        normalization=normalization,
+        reduction=reduction,
     )
     index = chosen_templates(feature_maps, positives, center=center)
     # A one-hot selection, not a gather: its shapes are static, so a TF
@@ -325,8 +492,10 @@ def authors_filter_gradient(
     epoch=1.0,
     positive_weight=1.0,
     negative_weight=1.0,
+    normalization="mean_max",
+    reduction=None,
 ):
-    """The authors' surrogate filter-loss gradient (docs/method_notes.md).
+    """The authors' surrogate gradient of the filter loss.
 
     The authors' MatConvNet code never computes the filter loss; it adds
     this hand-made, magnitude-normalised term to `dL/dx` in the backward pass
@@ -348,6 +517,20 @@ def authors_filter_gradient(
     This is Eq. 4 with a temperature, the `-log p(x)` term replaced by the
     `+1` of differentiating `p log p`, and the priors and `1/Z` dropped.
 
+    Scale. The surrogate is normalised by its mean, but its weights
+    `exp(s / a)` still depend on the activations' scale (the authors' VGG-16
+    conv5 on 0-255 inputs). With `normalization="mean_max"` (default) it is
+    computed on `x_hat = x * H*W / m_f` (`normalize_maps`) and taken as
+    `dL/dx_hat`; the result is `dL/dx` by the exact chain rule through
+    `x_hat`, `m_f` included (`chain_normalization`). So it is scale-free
+    like the exact loss: for `c x` it is the result for `x` divided by `c`,
+    and it is orthogonal to `x` filter by filter (it cannot inflate or
+    shrink a filter's activations as a whole; the authors' uniform push
+    down on negative images becomes a push relative to the filter's
+    peaks). When the mean peak is near `n^2`, as in the authors' setting,
+    the magnitude is about theirs. `normalization=None` is the authors'
+    gradient on the raw maps, unchanged.
+
     Args:
         feature_maps: non-negative tensor `[batch, height, width, filters]`.
         positives: bool or 0/1 tensor `[batch, filters]`.
@@ -356,13 +539,20 @@ def authors_filter_gradient(
         epoch: the epoch index `t >= 1`.
         positive_weight, negative_weight: floats or `[filters]` tensors, the
             authors' class weights `w+`, `w-` (1 for single-category runs).
+        normalization: `"mean_max"` (default) or None, as above.
+        reduction: optional `BatchReduction`, used only for `m_f` and the
+            chain rule (global batch under `tf.distribute`); the
+            surrogate's own statistics stay per replica, as the authors'
+            code is single-device.
 
     Returns:
         float32 tensor `[batch, height, width, filters]`: the term the
-        authors add to the gradient of their batch-summed loss.
+        authors add to the gradient of their batch-summed loss, with
+        respect to the raw `feature_maps`.
     """
     _check_feature_maps(feature_maps)
-    x = ops.stop_gradient(ops.cast(feature_maps, "float32"))
+    raw = ops.stop_gradient(ops.cast(feature_maps, "float32"))
+    x = normalize_maps(raw, normalization=normalization, reduction=reduction)
     temp = AUTHORS_TEMPERATURE
     centers = templates_lib.part_centers(x, center=center)
     distances = templates_lib.center_distances(x, centers)
@@ -383,7 +573,10 @@ def authors_filter_gradient(
     w_neg = ops.cast(negative_weight, "float32")
     grad_pos = -AUTHORS_GRADIENT_SCALE * (w_pos * g_pos)[:, None, None, :] * m
     grad_neg = AUTHORS_GRADIENT_SCALE * (w_neg * g_neg)[:, None, None, :]
-    return grad_pos + ops.broadcast_to(grad_neg, ops.shape(x))
+    gradient = grad_pos + ops.broadcast_to(grad_neg, ops.shape(x))
+    return chain_normalization(
+        gradient, raw, normalization=normalization, reduction=reduction
+    )
 
 
 def code_to_paper_beta_scale(height: int, width: int):

@@ -23,6 +23,7 @@ import numpy as np
 
 from keras_interp import callbacks as callbacks_lib
 from keras_interp import data as data_lib
+from keras_interp import diagnostics
 from keras_interp import models
 from keras_interp import training
 
@@ -499,6 +500,21 @@ def train_and_evaluate(config: TrainConfig) -> dict:
             probe.numpy(),
         ),
     ]
+    if config.interpretable:
+        # Before TensorBoard: it adds `<layer>_grad_ratio` to the epoch logs
+        # (keras_interp.diagnostics), on a fixed batch of training images.
+        ratio_batch = next(
+            iter(_dataset(config, source, "train", training=False, parts=False))
+        )
+        tensorboard = next(
+            i
+            for i, callback in enumerate(callbacks)
+            if isinstance(callback, keras.callbacks.TensorBoard)
+        )
+        callbacks.insert(
+            tensorboard,
+            diagnostics.GradientRatioLogger(*_to_inputs(ratio_batch)),
+        )
     history = {}
     if config.strategy == "multi_worker":
         with strategy.scope():

@@ -1,6 +1,7 @@
 """The layer battery for InterpretableConv2D and InterpretableMask."""
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -65,6 +66,7 @@ def tiny_model(**layer_kwargs):
             keras_interp.InterpretableMask,
             dict(beta=[3.0, 4.0, 5.0, 6.0], loss_weight_decay="inverse_epoch"),
         ),
+        (keras_interp.InterpretableMask, dict(normalization=None)),
     ],
 )
 def test_config_round_trip(cls, kwargs):
@@ -76,6 +78,7 @@ def test_config_round_trip(cls, kwargs):
     assert serialized["registered_name"] == f"keras_interp>{cls.__name__}"
     again = keras.saving.deserialize_keras_object(serialized)
     assert type(again) is cls and again.get_config() == config
+    assert config["normalization"] == kwargs.get("normalization", "mean_max")
 
 
 def test_default_loss_weights_per_variant():
@@ -506,10 +509,13 @@ def test_degenerate_inputs_give_finite_loss_and_gradient(name, x, loss):
     )
     x = tf.constant(x)
     labels = np.arange(x.shape[0]) % 2
-    with tf.GradientTape() as tape:
+    with tf.GradientTape() as tape, warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
         tape.watch(x)
         y = layer(x, labels=labels, training=True)
         value = layer.losses[0]
+    warned = [str(m.message) for m in w if "batch of 1" in str(m.message)]
+    assert len(warned) == (name == "batch_of_one")
     grad = tape.gradient(value, x)
     assert np.isfinite(float(value))
     assert np.all(np.isfinite(grad.numpy()))
@@ -539,6 +545,34 @@ def test_degenerate_inputs_give_finite_loss_and_gradient(name, x, loss):
         (dict(filters=2, kernel_size=3, beta=-1.0), r"`beta`.*positive"),
         (dict(filters=2, kernel_size=3, beta="auto"), r"`beta`.*'auto'"),
         (dict(filters=2, kernel_size=3, loss_weight=-1), r"`loss_weight`"),
+        (
+            dict(filters=2, kernel_size=3, loss_weight=float("inf")),
+            r"`loss_weight` must be a finite number.*loss_weight=inf",
+        ),
+        (
+            dict(filters=2, kernel_size=3, loss_weight=float("nan")),
+            r"`loss_weight` must be a finite number.*loss_weight=nan",
+        ),
+        (
+            dict(filters=2, kernel_size=3, tau=float("inf")),
+            r"`tau` must be a finite number > 0.*tau=inf",
+        ),
+        (
+            dict(filters=2, kernel_size=3, tau=float("nan")),
+            r"`tau` must be a finite number.*tau=nan",
+        ),
+        (
+            dict(filters=2, kernel_size=3, alpha=float("nan")),
+            r"`alpha`.*alpha=nan",
+        ),
+        (
+            dict(filters=2, kernel_size=3, assignment_momentum=float("nan")),
+            r"`assignment_momentum`.*nan",
+        ),
+        (
+            dict(filters=2, kernel_size=3, normalization="l2"),
+            r"`normalization`.*'mean_max'.*None.*normalization='l2'",
+        ),
         (dict(filters=2, kernel_size=3, alpha=1.0), r"`alpha`.*\(0, 1\)"),
         (dict(filters=2, kernel_size=3, tau=0.0), r"`tau`.*tau=0.0"),
         (
@@ -608,3 +642,133 @@ def test_labels_of_wrong_rank_are_rejected():
     layer = keras_interp.InterpretableMask(num_classes=2)
     with pytest.raises(ValueError, match=r"`labels`.*\(2, 1, 1\)"):
         layer(maps((2, 3, 3, 2)), labels=np.zeros((2, 1, 1)), training=True)
+
+
+@pytest.mark.parametrize(
+    "labels,pattern",
+    [
+        (
+            [0, 1, 99, 0],
+            r"`labels` must be integer class ids in \[0, 3\).*Received 99 at "
+            r"position 2",
+        ),
+        ([0, -1, 1, 0], r"`labels`.*\[0, 3\).*Received -1 at position 1"),
+        (
+            np.array([0.0, 1.5, 2.0, 0.0], "float32"),
+            r"`labels` must be integer.*Received 1.5 at position 1",
+        ),
+        (
+            np.array([0.0, np.nan, 2.0, 0.0], "float32"),
+            r"`labels`.*Received nan at position 1",
+        ),
+        ([0, 1, 2], r"`labels` has 3 entries.*batch of 4"),
+        (
+            np.array([[1, 0, 0], [0, 0, 0], [0, 1, 0], [0, 0, 1]], "float32"),
+            r"`labels` one-hot rows.*not all zero.*\[0.0, 0.0, 0.0\] at "
+            r"position 1",
+        ),
+    ],
+)
+@pytest.mark.parametrize("kind", ["numpy", "eager_tensor"])
+@pytest.mark.parametrize("training", [True, False])
+def test_invalid_labels_are_rejected_in_eager_calls(
+    labels, pattern, kind, training
+):
+    layer = keras_interp.InterpretableMask(num_classes=3)
+    if kind == "eager_tensor":
+        labels = ops.convert_to_tensor(np.asarray(labels))
+    with pytest.raises(ValueError, match=pattern):
+        layer(maps((4, 3, 3, 2)), labels=labels, training=training)
+
+
+def test_valid_labels_are_accepted():
+    x = maps((4, 3, 3, 2))
+    ids = np.array([0, 1, 2, 0])
+    layer = keras_interp.InterpretableMask(num_classes=3)
+    reference = filter_loss(layer, x, labels=ids)
+    for labels in (
+        [0, 1, 2, 0],
+        ids.astype("float32"),  # integral floats are fine
+        ids[:, None],
+        np.eye(3, dtype="float32")[ids],
+        ops.convert_to_tensor(ids),
+    ):
+        layer = keras_interp.InterpretableMask(num_classes=3)
+        np.testing.assert_allclose(
+            filter_loss(layer, x, labels=labels), reference, rtol=1e-6
+        )
+
+
+def test_label_batch_mismatch_is_caught_in_a_graph_with_static_shapes():
+    import tensorflow as tf
+
+    layer = keras_interp.InterpretableMask(num_classes=3)
+
+    @tf.function
+    def step(x, labels):
+        return layer(x, labels=labels, training=True)
+
+    with pytest.raises(ValueError, match=r"`labels` has 3 entries.*batch of 4"):
+        step(tf.constant(maps((4, 3, 3, 2))), tf.constant([0, 1, 2]))
+
+
+def test_out_of_range_labels_inside_a_graph_are_negatives():
+    # Values cannot be checked inside a compiled graph; as documented, an id
+    # outside [0, num_classes) is then an image of no class: it updates no
+    # class statistics and is a negative for every assigned filter.
+    import tensorflow as tf
+
+    x = maps((4, 3, 3, 3), seed=2)
+    assigned = np.array([1, 2, 1])
+    stats = 1e3 * np.eye(3)[assigned].T  # filter -> class, kept by the EMA
+
+    def loss_for(labels, compiled):
+        layer = keras_interp.InterpretableMask(num_classes=3, tau=0.1)
+        layer.build(x.shape)
+        layer.class_activation.assign(stats)
+
+        def step(labels):
+            layer(tf.constant(x), labels=labels, training=True)
+            return layer.losses[0]
+
+        if compiled:
+            step = tf.function(step)
+        return float(step(tf.constant(labels))), layer.class_activation.numpy()
+
+    loss, new_stats = loss_for([1, 2, 99, 1], compiled=True)
+    positives = np.array([1, 2, -1, 1])[:, None] == assigned[None, :]
+    cmi = keras_interp.category_mutual_information(x, positives, tau=0.1)
+    np.testing.assert_allclose(
+        loss, -0.02 * float(ops.sum(cmi)), rtol=1e-5
+    )
+    # Image 2 changed no class statistics (class 0 saw no image).
+    np.testing.assert_array_equal(new_stats[0], stats[0])
+
+
+def test_symbolic_labels_are_not_value_checked():
+    images = keras.Input((4, 4, 2))
+    labels = keras.Input((), dtype="int32")
+    out = keras_interp.InterpretableMask(num_classes=3)(images, labels=labels)
+    assert tuple(out.shape) == (None, 4, 4, 2)
+
+
+def test_batch_of_one_warns_once_per_layer():
+    layer = keras_interp.InterpretableMask()
+    with pytest.warns(UserWarning, match=r"batch of 1.*identically 0") as rec:
+        layer(maps((1, 3, 3, 2)), training=True)
+        layer(maps((1, 3, 3, 2)), training=True)
+    assert len([w for w in rec if "batch of 1" in str(w.message)]) == 1
+    other = keras_interp.InterpretableMask(loss="authors", name="other")
+    with pytest.warns(UserWarning, match=r"'other'.*batch of 1"):
+        other(maps((1, 3, 3, 2)), training=True)
+
+
+def test_no_batch_of_one_warning_otherwise():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        layer = keras_interp.InterpretableMask()
+        layer(maps((2, 3, 3, 2)), training=True)
+        layer(maps((1, 3, 3, 2)))  # inference: no loss
+        keras_interp.InterpretableMask(loss=None)(
+            maps((1, 3, 3, 2)), training=True
+        )

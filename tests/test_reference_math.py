@@ -20,6 +20,10 @@ import keras_interp
 
 RTOL = 1e-4
 ATOL = 1e-6
+# The references of sections 2-5 are the paper-literal Eq. 1 and the authors'
+# gradient on the raw maps; the library's default scale-free form (Eq. 1 on
+# x * H*W / mean max x) is checked in section 6.
+PAPER = {"normalization": None}
 
 SIZES = [(1, 1), (2, 2), (3, 3), (7, 7), (14, 14), (3, 5), (5, 2)]
 
@@ -503,7 +507,7 @@ def test_mutual_information_matches_reference(H, W, B, C, seed, scale, kind):
         ref, ref_mutual_information(fm, log_space=True), rtol=1e-10, atol=1e-12
     )
     assert np.all(ref > 1e-4), ref  # make sure the comparison is not vacuous
-    got = to_np(keras_interp.mutual_information(fm))
+    got = to_np(keras_interp.mutual_information(fm, **PAPER))
     assert got.shape == (C,)
     np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
 
@@ -529,7 +533,7 @@ def test_mutual_information_explicit_alpha_tau(H, W, B, C, seed, alpha, tau):
     default = ref_mutual_information(fm)
     # the explicit arguments must matter for this data
     assert np.max(np.abs(ref - default)) > 1e-3
-    got = to_np(keras_interp.mutual_information(fm, **kwargs))
+    got = to_np(keras_interp.mutual_information(fm, **kwargs, **PAPER))
     np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
 
 
@@ -550,7 +554,7 @@ def test_mutual_information_per_filter_beta(H, W, B, betas, seed):
     assert np.ptp(ref) > 1e-4
     got = to_np(
         keras_interp.mutual_information(
-            fm, beta=np.array(betas, dtype=np.float32)
+            fm, beta=np.array(betas, dtype=np.float32), **PAPER
         )
     )
     np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
@@ -564,7 +568,7 @@ def test_mutual_information_batch_of_one_is_zero():
         (14, 14, 2, 33),
     ]:
         fm = make_maps(seed, 1, H, W, C, 5.0)
-        got = to_np(keras_interp.mutual_information(fm))
+        got = to_np(keras_interp.mutual_information(fm, **PAPER))
         assert got.shape == (C,)
         np.testing.assert_allclose(
             got, np.zeros(C), rtol=0, atol=ATOL, err_msg=f"{H}x{W}"
@@ -586,7 +590,7 @@ def test_mutual_information_large_activations(H, W, B, C, seed):
     fm[0, 0, 0, 0] = 1e4  # at least one activation at exactly 1e4
     ref = ref_mutual_information(fm, log_space=True)
     assert np.all(np.isfinite(ref))
-    got = to_np(keras_interp.mutual_information(fm))
+    got = to_np(keras_interp.mutual_information(fm, **PAPER))
     assert np.all(np.isfinite(got)), got
     np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
 
@@ -599,7 +603,7 @@ def test_mutual_information_nonnegative_and_bounded(seeds):
         B = int(rng.integers(2, 7))
         C = int(rng.integers(1, 5))
         fm = make_maps(seed, B, H, W, C, float(rng.uniform(0.5, 20.0)), "relu")
-        got = to_np(keras_interp.mutual_information(fm))
+        got = to_np(keras_interp.mutual_information(fm, **PAPER))
         assert np.all(got >= -ATOL), (seed, got)
         # sum_b p(x_b) = 1, so MI <= min(H(X), H(T)) <= min(log B, log(HW + 1))
         bound = min(math.log(B), math.log(H * W + 1))
@@ -774,13 +778,15 @@ def test_category_mutual_information_matches_reference(
     ref = ref_category_mi(fm, pos, center=center)
     assert np.max(np.abs(ref)) > 1e-5
     kwargs = {} if center == "argmax" else {"center": center}
-    got = to_np(keras_interp.category_mutual_information(fm, pos, **kwargs))
+    got = to_np(
+        keras_interp.category_mutual_information(fm, pos, **kwargs, **PAPER)
+    )
     assert got.shape == (C,)
     _assert_cmi_close(got, ref)
     # 0/1 float positives must behave like booleans
     got01 = to_np(
         keras_interp.category_mutual_information(
-            fm, pos.astype(np.float32), **kwargs
+            fm, pos.astype(np.float32), **kwargs, **PAPER
         )
     )
     _assert_cmi_close(got01, ref)
@@ -815,7 +821,7 @@ def test_category_mutual_information_explicit_args(
     )
     got = to_np(
         keras_interp.category_mutual_information(
-            fm, pos, beta=beta_arg, **kwargs
+            fm, pos, beta=beta_arg, **kwargs, **PAPER
         )
     )
     _assert_cmi_close(got, ref)
@@ -825,8 +831,8 @@ def test_category_mutual_information_depends_on_positives():
     fm = make_maps(120, 4, 3, 3, 2, 6.0)
     pos_a = make_positives(120, 4, 2, "all")
     pos_b = make_positives(120, 4, 2, "none")
-    got_a = to_np(keras_interp.category_mutual_information(fm, pos_a))
-    got_b = to_np(keras_interp.category_mutual_information(fm, pos_b))
+    got_a = to_np(keras_interp.category_mutual_information(fm, pos_a, **PAPER))
+    got_b = to_np(keras_interp.category_mutual_information(fm, pos_b, **PAPER))
     ref_a = ref_category_mi(fm, pos_a)
     ref_b = ref_category_mi(fm, pos_b)
     assert np.max(np.abs(ref_a - ref_b)) > 1e-4
@@ -871,7 +877,9 @@ def test_authors_filter_gradient_matches_reference(
         kwargs["center"] = center
     if beta != 4.0:
         kwargs["beta"] = beta
-    got = to_np(keras_interp.authors_filter_gradient(fm, pos, **kwargs))
+    got = to_np(
+        keras_interp.authors_filter_gradient(fm, pos, **kwargs, **PAPER)
+    )
     _assert_grad_close(got, ref)
 
 
@@ -884,7 +892,11 @@ def test_authors_filter_gradient_weights_vectors_and_float_positives():
     ref = ref_authors_gradient(fm, pos, positive_weight=wp, negative_weight=wn)
     got = to_np(
         keras_interp.authors_filter_gradient(
-            fm, pos.astype(np.float32), positive_weight=wp, negative_weight=wn
+            fm,
+            pos.astype(np.float32),
+            positive_weight=wp,
+            negative_weight=wn,
+            **PAPER,
         )
     )
     _assert_grad_close(got, ref)
@@ -894,7 +906,12 @@ def test_authors_filter_gradient_weights_vectors_and_float_positives():
     )
     got = to_np(
         keras_interp.authors_filter_gradient(
-            fm, pos, positive_weight=0.7, negative_weight=1.9, epoch=2.0
+            fm,
+            pos,
+            positive_weight=0.7,
+            negative_weight=1.9,
+            epoch=2.0,
+            **PAPER,
         )
     )
     _assert_grad_close(got, ref)
@@ -906,7 +923,9 @@ def test_authors_filter_gradient_single_positive_is_one_over_k():
     fm = make_maps(220, B, H, W, C, 2.0, "uniform")
     pos = make_positives(220, B, C, "one")
     epoch = 3.0
-    got = to_np(keras_interp.authors_filter_gradient(fm, pos, epoch=epoch))
+    got = to_np(
+        keras_interp.authors_filter_gradient(fm, pos, epoch=epoch, **PAPER)
+    )
     m = ref_mask(fm, 4.0, "centroid", lower=-1.0)
     for c in range(C):
         b = int(np.argmax(pos[:, c]))
@@ -923,7 +942,7 @@ def test_authors_filter_gradient_negative_images_uniform_and_reversed_mask_matte
     H, W, B, C = 7, 7, 5, 2
     fm = make_maps(230, B, H, W, C, 2.0, "uniform")
     pos = make_positives(230, B, C, "mixed")
-    got = to_np(keras_interp.authors_filter_gradient(fm, pos))
+    got = to_np(keras_interp.authors_filter_gradient(fm, pos, **PAPER))
     m = ref_mask(fm, 4.0, "centroid", lower=-1.0)
     for b in range(B):
         for c in range(C):
@@ -939,3 +958,154 @@ def test_authors_filter_gradient_negative_images_uniform_and_reversed_mask_matte
                     g, np.full((H, W), g[0, 0]), rtol=1e-5, atol=1e-14
                 )
     _assert_grad_close(got, ref_authors_gradient(fm, pos))
+
+
+# --------------------------------------------------------------------------
+# 6. The scale-free default: Eq. 1 on x_hat = x * H*W / m_f
+# --------------------------------------------------------------------------
+
+
+def ref_normalized_maps(fm):
+    """x_hat = x * H*W / m_f, m_f = mean over images of each map's maximum.
+
+    A filter whose maps are all zero (m_f = 0) maps to zeros.
+    """
+    fm = np.asarray(fm, dtype=np.float64)
+    B, H, W, C = fm.shape
+    out = np.zeros_like(fm)
+    for c in range(C):
+        m = 0.0
+        for b in range(B):
+            m += max(float(v) for v in fm[b, :, :, c].ravel())
+        m /= B
+        if m <= 0.0:
+            continue
+        for b in range(B):
+            for i in range(H):
+                for j in range(W):
+                    out[b, i, j, c] = fm[b, i, j, c] * (H * W) / m
+    return out
+
+
+def make_peaked_maps(seed, B, H, W, C, scale):
+    """Maps with one clear, unique maximum each (the normalisation is then
+    smooth around them, so central differences see its exact derivative)."""
+    rng = np.random.default_rng(seed)
+    fm = rng.uniform(0.0, 0.5 * scale, size=(B, H, W, C))
+    for b in range(B):
+        for c in range(C):
+            i, j = rng.integers(H), rng.integers(W)
+            fm[b, i, j, c] = scale * rng.uniform(1.0, 2.0)
+    return fm.astype(np.float32)
+
+
+NORMALIZED_CASES = [
+    # (H, W, B, C, seed, scale)
+    (3, 3, 4, 2, 300, 0.05),
+    (3, 5, 5, 3, 301, 1.0),
+    (7, 7, 3, 2, 302, 40.0),
+    (5, 2, 6, 2, 303, 1e3),
+    (1, 1, 4, 2, 304, 2.0),
+]
+
+
+@pytest.mark.parametrize("H,W,B,C,seed,scale", NORMALIZED_CASES)
+def test_default_mutual_information_is_eq1_on_normalized_maps(
+    H, W, B, C, seed, scale
+):
+    fm = make_maps(seed, B, H, W, C, scale)
+    ref = ref_mutual_information(ref_normalized_maps(fm), log_space=True)
+    if H * W > 1:
+        assert np.all(ref > 1e-4), ref  # not vacuous
+    got = to_np(keras_interp.mutual_information(fm))
+    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
+    # The explicit default is the same.
+    explicit = keras_interp.mutual_information(fm, normalization="mean_max")
+    np.testing.assert_allclose(to_np(explicit), got, rtol=1e-6)
+    # Other arguments apply to x_hat as the paper defines them.
+    ref = ref_mutual_information(
+        ref_normalized_maps(fm), beta=2.0, tau=0.1, alpha=0.4, log_space=True
+    )
+    got = to_np(
+        keras_interp.mutual_information(fm, beta=2.0, tau=0.1, alpha=0.4)
+    )
+    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("H,W,B,C,seed,scale", NORMALIZED_CASES[:4])
+def test_default_category_mutual_information_on_normalized_maps(
+    H, W, B, C, seed, scale
+):
+    fm = make_maps(seed, B, H, W, C, scale)
+    pos = make_positives(seed, B, C, "mixed")
+    for center in ("argmax", "centroid"):
+        ref = ref_category_mi(ref_normalized_maps(fm), pos, center=center)
+        got = to_np(
+            keras_interp.category_mutual_information(fm, pos, center=center)
+        )
+        _assert_cmi_close(got, ref)
+
+
+def test_default_loss_is_the_same_for_every_scale():
+    # The paper-literal MI of the same maps swings by orders of magnitude
+    # with the scale (the reason for the default); the default does not.
+    fm = make_maps(310, 6, 4, 4, 3, 1.0)
+    paper = [ref_mutual_information(fm * c, log_space=True) for c in (1, 30)]
+    assert np.max(np.abs(np.log(paper[0] / paper[1]))) > 1.0
+    ref = ref_mutual_information(ref_normalized_maps(fm), log_space=True)
+    for c in (1e-3, 0.5, 30.0, 1e4):
+        got = to_np(keras_interp.mutual_information(fm * np.float32(c)))
+        np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
+
+
+def test_dead_filter_has_zero_normalized_loss():
+    fm = make_maps(311, 4, 3, 3, 3, 2.0)
+    fm[..., 1] = 0.0  # filter 1 never fires on this batch
+    got = to_np(keras_interp.mutual_information(fm))
+    assert np.all(np.isfinite(got))
+    assert got[1] == 0.0
+    ref = ref_mutual_information(ref_normalized_maps(fm), log_space=True)
+    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
+
+
+def ref_chain_by_differences(fm, grad_hat, eps=1e-4):
+    """sum_j G_j d x_hat_j / d x_k for every k, by central differences of
+    `ref_normalized_maps` in float64 (G held fixed)."""
+    fm = np.asarray(fm, dtype=np.float64)
+    out = np.zeros_like(fm)
+    for k in np.ndindex(*fm.shape):
+        step = eps * max(abs(fm[k]), 1e-3)
+        up, down = fm.copy(), fm.copy()
+        up[k] += step
+        down[k] -= step
+        diff = ref_normalized_maps(up) - ref_normalized_maps(down)
+        out[k] = float(np.sum(grad_hat * diff)) / (2 * step)
+    return out
+
+
+@pytest.mark.parametrize(
+    "H,W,B,C,seed,scale,mode",
+    [
+        (3, 3, 4, 2, 320, 1.0, "mixed"),
+        (3, 4, 5, 2, 321, 0.02, "all"),
+        (4, 3, 4, 3, 322, 300.0, "mixed"),
+    ],
+)
+def test_default_authors_gradient_is_chained_through_the_normalization(
+    H, W, B, C, seed, scale, mode
+):
+    # The surrogate is taken as dL/dx_hat on the normalized maps and carried
+    # to dL/dx by the chain rule through x_hat = x * H*W / m_f, m_f included.
+    fm = make_peaked_maps(seed, B, H, W, C, scale)
+    pos = make_positives(seed, B, C, mode)
+    grad_hat = ref_authors_gradient(
+        ref_normalized_maps(fm), pos, check_conditioning=False
+    )
+    ref = ref_chain_by_differences(fm, grad_hat)
+    got = to_np(keras_interp.authors_filter_gradient(fm, pos))
+    scale_ref = float(np.max(np.abs(ref)))
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4 * scale_ref)
+    # It cannot change a filter's overall scale: sum_k x_k dL/dx_k = 0.
+    along = np.sum(got * fm.astype(np.float64), axis=(0, 1, 2))
+    size = np.sum(np.abs(got * fm.astype(np.float64)), axis=(0, 1, 2))
+    assert np.all(np.abs(along) <= 1e-5 * size), (along, size)

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_interp import losses
 from keras_interp import templates
 from keras_interp.layers import interpretable_mask
 from keras_interp.layers.interpretable_mask import InterpretableMixin
@@ -24,9 +25,10 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
     ReLU is part of the method: the templates score non-negative maps), plus
     the interpretability arguments documented in full on
     `keras_interp.InterpretableMask`: `loss`, `loss_weight`,
-    `loss_weight_decay`, `beta`, `center`, `tau`, `alpha`, `num_classes`,
-    `background_class`, `assignment_momentum`, `beta_rate`,
-    `mask_at_inference` and `jit_compile`.
+    `loss_weight_decay`, `normalization`, `beta`, `center`, `tau`, `alpha`,
+    `num_classes`, `background_class`, `assignment_momentum`, `beta_rate`,
+    `mask_at_inference` and `jit_compile`. By default the filter loss is
+    scale-free (`normalization="mean_max"`).
 
     The paper adds such a layer (3x3, M filters, zero padding, bias) on top
     of a backbone's top conv layer and makes the backbone's own top filters
@@ -47,7 +49,8 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
 
     Call arguments:
         inputs: rank-4 tensor whose conv output has static spatial size.
-        labels: optional class ids `(batch,)` for the category-aware loss.
+        labels: optional class ids `(batch,)` (or one-hot) for the
+            category-aware loss; checked as in `InterpretableMask`.
         training: Python bool; the loss and state updates happen only then.
 
     Input shape:
@@ -85,6 +88,7 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
         loss="mutual_information",
         loss_weight=None,
         loss_weight_decay=None,
+        normalization=losses.DEFAULT_NORMALIZATION,
         beta=templates.DEFAULT_BETA,
         center="argmax",
         tau=None,
@@ -137,6 +141,7 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
             loss=loss,
             loss_weight=loss_weight,
             loss_weight_decay=loss_weight_decay,
+            normalization=normalization,
             beta=beta,
             center=center,
             tau=tau,

@@ -6,7 +6,11 @@ validation, the non-trainable state, the XLA-compiled forward computation,
 existing feature map; `InterpretableConv2D` applies it after its own conv.
 """
 
+import math
+import warnings
+
 import keras
+import numpy as np
 from keras import ops
 
 from keras_interp import distribute
@@ -32,6 +36,7 @@ FILTER_CHUNK = 64
 
 def _check_float(name, value, low=None, high=None, low_open=False):
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -43,7 +48,7 @@ def _check_float(name, value, low=None, high=None, low_open=False):
         if high is not None:
             rule.append(f"<= {high}")
         raise ValueError(
-            f"`{name}` must be a number {' and '.join(rule)}. "
+            f"`{name}` must be a finite number {' and '.join(rule)}. "
             f"Received: {name}={value!r}."
         )
     return float(value)
@@ -123,6 +128,101 @@ def _with_gradient(value, gradient, x):
     return ops.stop_gradient(value) + (s - ops.stop_gradient(s))
 
 
+def _concrete(value):
+    """`value` as a numpy array if its values are known now, else None.
+
+    Known: Python and numpy values, and eager tensors. Unknown: symbolic
+    tensors (Keras functional construction, `tf.function`/XLA graphs, JAX
+    tracers, `torch.compile`).
+    """
+    if isinstance(value, (np.ndarray, np.generic, list, tuple, int, float)):
+        return np.asarray(value)
+    if isinstance(value, keras.KerasTensor):
+        return None
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.is_tensor(value) and not tf.is_symbolic_tensor(value):
+            return value.numpy()
+        return None
+    if backend == "jax":
+        import jax
+
+        if isinstance(value, jax.core.Tracer):
+            return None
+        return np.asarray(value)
+    if backend == "torch":
+        import torch
+
+        if torch.compiler.is_compiling():
+            return None
+        return keras.ops.convert_to_numpy(value)
+    return np.asarray(value)
+
+
+def _check_labels(labels, batch, num_classes, layer_name):
+    """Checks `labels` against the batch and the classes, where it can.
+
+    Shapes are checked whenever they are known (static shapes, eager
+    calls); values only when they are known (`_concrete`). Raises a
+    ValueError naming `labels`, what was received and what is valid.
+    """
+    values = _concrete(labels)
+    shape = tuple(values.shape if values is not None else labels.shape)
+    one_hot = len(shape) == 2 and shape[-1] == num_classes and num_classes > 1
+    ids = len(shape) == 1 or (len(shape) == 2 and shape[-1] == 1)
+    if not (one_hot or ids):
+        raise ValueError(
+            "`labels` must be class ids of shape (batch,) or (batch, 1), or "
+            f"one-hot of shape (batch, {num_classes}). Received shape "
+            f"{shape}."
+        )
+    if shape[0] is not None and batch is not None and shape[0] != batch:
+        raise ValueError(
+            f"`labels` has {shape[0]} entries but layer '{layer_name}' "
+            f"received a batch of {batch} feature maps. Pass one label per "
+            "image."
+        )
+    if values is None:
+        return
+    if values.dtype == bool:
+        values = values.astype("int32")
+    if not np.issubdtype(values.dtype, np.number):
+        raise ValueError(
+            "`labels` must be numeric class ids or one-hot rows. Received "
+            f"dtype {values.dtype}."
+        )
+    values = values.astype("float64")
+    bad = ~np.isfinite(values)
+    if one_hot:
+        rows = values.sum(axis=-1)
+        bad_rows = np.any(bad | (values < 0), axis=-1) | ~(rows > 0)
+        if np.any(bad_rows):
+            row = int(np.flatnonzero(bad_rows)[0])
+            raise ValueError(
+                f"`labels` one-hot rows must be finite, non-negative and not "
+                f"all zero (layer '{layer_name}', num_classes={num_classes}). "
+                f"Received {values[row].tolist()} at position {row}."
+            )
+        return
+    values = values.reshape(-1)
+    invalid = (
+        bad
+        | (values != np.round(values))
+        | (values < 0)
+        | (values >= num_classes)
+    )
+    if np.any(invalid):
+        index = int(np.flatnonzero(invalid)[0])
+        raise ValueError(
+            f"`labels` must be integer class ids in [0, {num_classes}) "
+            f"(num_classes={num_classes} of layer '{layer_name}'). Received "
+            f"{values[index]:g} at position {index}. Use ids 0 to "
+            f"{num_classes - 1}, or raise num_classes."
+        )
+
+
 def _labels_to_ids(labels, num_classes):
     """Class ids `[batch]` from ids `[batch]`/`[batch, 1]` or one-hot."""
     if (
@@ -151,6 +251,7 @@ class InterpretableMixin:
         loss,
         loss_weight,
         loss_weight_decay,
+        normalization,
         beta,
         center,
         tau,
@@ -169,6 +270,7 @@ class InterpretableMixin:
         self.loss_weight_decay = _check_choice(
             "loss_weight_decay", loss_weight_decay, LOSS_WEIGHT_DECAYS
         )
+        self.normalization = losses.check_normalization(normalization)
         if loss == "authors" and loss_weight_decay is not None:
             raise ValueError(
                 "`loss='authors'` already scales its gradient by 1/epoch "
@@ -229,6 +331,9 @@ class InterpretableMixin:
         self.mask_at_inference = bool(mask_at_inference)
         self.jit_compile = bool(jit_compile)
         self._forward_fn = None
+        self._warned_batch_of_one = False
+        # Set by `keras_interp.diagnostics` while it measures gradients.
+        self._gradient_probe = None
         self.filter_loss_tracker = None
         if self.loss is not None and keras.backend.backend() != "jax":
             # keras-team/keras#21639: metrics updated in `call` fail on JAX.
@@ -241,6 +346,7 @@ class InterpretableMixin:
             "loss": self.loss,
             "loss_weight": self.loss_weight,
             "loss_weight_decay": self.loss_weight_decay,
+            "normalization": self.normalization,
             "beta": self.beta,
             "center": self.center,
             "tau": self.tau,
@@ -481,7 +587,12 @@ class InterpretableMixin:
         training objective, so a gradient taken in the forward pass is
         exact for the first derivative.
         """
-        kwargs = {"tau": self.tau, "alpha": self.alpha, "reduction": reduction}
+        kwargs = {
+            "tau": self.tau,
+            "alpha": self.alpha,
+            "normalization": self.normalization,
+            "reduction": reduction,
+        }
 
         def exact(maps, positives, beta):
             if use_labels:
@@ -498,7 +609,8 @@ class InterpretableMixin:
             return exact(x32, positives, beta), None
 
         # The authors' surrogate (flipped-batch partition estimate, per-set
-        # normalisation) stays per replica under tf.distribute.
+        # normalisation) stays per replica under tf.distribute; its scale
+        # `m_f` and the chain rule through it use the global batch.
         w_pos, w_neg = self._authors_class_weights()
         surrogate = losses.authors_filter_gradient(
             x32,
@@ -508,14 +620,37 @@ class InterpretableMixin:
             epoch=epoch,
             positive_weight=w_pos,
             negative_weight=w_neg,
+            normalization=self.normalization,
+            reduction=reduction,
         )
         # The authors' term is for a batch-summed objective; Keras losses
-        # are batch means.
-        batch = ops.cast(ops.shape(x32)[0], "float32")
+        # are means over the global batch.
+        batch = (reduction or losses.LOCAL_BATCH).size(x32)
         return exact(x32, positives, beta), scale * surrogate / batch
+
+    def _warn_if_batch_of_one(self, batch):
+        """Warns once per layer when the loss's image set is one image."""
+        if batch != 1 or self._warned_batch_of_one:
+            return
+        self._warned_batch_of_one = True
+        effect = (
+            "the filter loss (Eq. 1) is identically 0 and has no gradient"
+            if self.loss == "mutual_information"
+            else "the logged filter loss is identically 0 and the authors' "
+            "batch statistics are degenerate"
+        )
+        warnings.warn(
+            f"Layer '{self.name}' was trained on a batch of 1 image: the "
+            "filter loss needs an image set (the paper's X is the batch), so "
+            f"{effect}. Use a batch of several images (the paper and the "
+            "authors' code use 32-64). This warning is shown once per layer.",
+            stacklevel=4,
+        )
 
     def _interpret(self, x, labels=None, training=None):
         """Runs the shared computation on post-ReLU maps `x`."""
+        if self._gradient_probe is not None:
+            x = self._gradient_probe.watch(self, x)
         channels_first = self.data_format == "channels_first"
         if channels_first:
             x = ops.transpose(x, (0, 2, 3, 1))
@@ -536,9 +671,12 @@ class InterpretableMixin:
                     "classes> (and background_class for negatives) to use "
                     "the category-aware loss."
                 )
+            _check_labels(labels, x.shape[0], self.num_classes, self.name)
             labels = ops.convert_to_tensor(labels)
         epoch = ops.cast(ops.copy(self.epoch), "float32")
         reduction, replicas = distribute.replica_reduction()
+        if training and self.loss is not None and replicas == 1:
+            self._warn_if_batch_of_one(x.shape[0])
         if reduction is None:
             out = self._forward_fn(
                 x, beta, labels, class_activation, epoch, training
@@ -560,6 +698,8 @@ class InterpretableMixin:
             if "loss_gradient" in out:
                 loss = _with_gradient(loss, out["loss_gradient"], x)
             self.add_loss(loss)
+            if self._gradient_probe is not None:
+                self._gradient_probe.record_loss(self, loss)
             if self.filter_loss_tracker is not None:
                 self.filter_loss_tracker.update_state(out["loss"])
         if "class_activation" in out:
@@ -594,7 +734,12 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
        of maps and the `H*W + 1` part templates is added, times
        `loss_weight`; with `labels` it is category-aware: images of the
        filter's category are scored against `T_mu`, others against `T-`
-       (Eq. 4, `category_mutual_information`);
+       (Eq. 4, `category_mutual_information`). By default it is scale-free
+       (`normalization="mean_max"`): Eq. 1 scores `x * H*W / m_f`, with
+       `m_f` the batch mean of the filter's peak, so rescaling a filter's
+       activations can neither lower the loss nor change where it pushes;
+       the batch is the paper's image set `X`, so a batch of one image
+       gives 0 (the layer warns once);
     3. the output is `x * max(1 - beta d(mu), 0)`, the template scaled to a
        maximum of 1 and clipped at 0 (authors' code; the paper's literal
        tau-scaled mask would shrink features ~400x). No gradient flows
@@ -625,6 +770,22 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
             value the authors' code stores as `lossWeight`. It picks 1.0 for
             `"authors"`, whose gradient carries the authors' own
             `1e-5 / (t / 0.1)` scale.
+        normalization: the scale of the maps the loss scores.
+            `"mean_max"` (default): Eq. 1 on `x_hat = x * H*W / m_f`, where
+            `m_f` is the batch mean of filter `f`'s spatial maximum (the
+            paper's "mean max x"; the global batch under `tf.distribute`)
+            and the gradient flows through `m_f`. The loss is then the same
+            for `x` and `c x` (`c > 0`), its gradient scales as `1/c`, and a
+            dead filter (`m_f = 0`) gets loss and gradient 0. With the
+            paper's `tau = 0.5 / n^2` the logits `tr(x . T)` otherwise grow
+            with the activations, so the paper-literal loss depends on each
+            backbone's arbitrary activation scale (not even monotonically)
+            and SGD can lower it by rescaling activations instead of
+            localising them; `x_hat` has mean peak `n^2`, the scale that
+            `tau` assumes. With `loss="authors"` the surrogate is computed
+            on `x_hat` and carried back to `x` by the exact chain rule
+            (`losses.authors_filter_gradient`). `None`: the paper-literal
+            loss on the raw maps, for reproduction.
         loss_weight_decay: `None` (default) or `"inverse_epoch"`: divide the
             weight by the epoch `t` (paper: `lambda ∝ 1/t`). The epoch is
             the layer's `epoch` variable, advanced by the
@@ -636,7 +797,8 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
             paper units) and moved toward `learned_beta_target` while
             training.
         center: `"argmax"` (default, paper) or `"centroid"` (authors' code).
-        tau: template scale for the loss; default `0.5 / (H * W)`.
+        tau: template scale for the loss (applied to the normalized maps
+            by default); default `0.5 / (H * W)`.
         alpha: prior mass of the positive templates; default
             `H*W / (1 + H*W)`.
         num_classes: number of label classes passed at call time; needed for
@@ -660,8 +822,22 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
 
     Call arguments:
         inputs: rank-4 feature maps with static spatial dimensions.
-        labels: optional class ids `(batch,)` (or one-hot), for the
-            category-aware loss. Requires `num_classes`.
+        labels: optional class ids `(batch,)` or `(batch, 1)`, or one-hot
+            rows `(batch, num_classes)`, for the category-aware loss.
+            Requires `num_classes`. Shapes are checked whenever they are
+            known, including a labels/batch size mismatch. Values are
+            checked when they are known, i.e. in eager calls (numpy arrays,
+            lists, eager tensors): ids must be integers in
+            `[0, num_classes)` (integral floats are fine), one-hot rows
+            finite, non-negative and not all zero; otherwise a ValueError
+            names `labels`, the value and the valid range. Inside a compiled
+            graph (`tf.function`, XLA, `jax.jit`, `model.fit` unless
+            `run_eagerly=True`) values cannot be checked: ids are cast to
+            int32 (fractional values truncate toward zero), and an id
+            outside `[0, num_classes)` gives an all-zero one-hot row, i.e.
+            an image of no class, which updates no class statistics and is
+            a negative for every filter assigned to a class. Check labels
+            in the input pipeline (the CUB reader does).
         training: Python bool. The loss and the state updates happen only
             when True.
 
@@ -685,6 +861,7 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
         loss="mutual_information",
         loss_weight=None,
         loss_weight_decay=None,
+        normalization=losses.DEFAULT_NORMALIZATION,
         beta=templates.DEFAULT_BETA,
         center="argmax",
         tau=None,
@@ -708,6 +885,7 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
             loss=loss,
             loss_weight=loss_weight,
             loss_weight_decay=loss_weight_decay,
+            normalization=normalization,
             beta=beta,
             center=center,
             tau=tau,
