@@ -320,6 +320,7 @@ class InterpretabilityLogger(keras.callbacks.Callback):
                         beta=np.asarray(beta, "float32"),
                         tau=layer.tau,
                         alpha=layer.alpha,
+                        normalization=layer.normalization,
                     )
                 )
                 tf.summary.histogram(f"{name}/mutual_information", mi)
