@@ -10,6 +10,13 @@ training and by this module's command line on a saved model:
   tail), on the `map` chosen (`"masked"`: paper; `"raw"`: authors' code),
   per category with each filter's lowest-deviation category (the paper's
   multi-category rule; a single category reduces to the plain metric);
+  each landmark scored on the images where it is visible, (image,
+  filter) pairs with a dead map (peak <= 0) left out of the top-k, and
+  two reference values beside it: a filter stuck at its best fixed cell,
+  and the same filters with the landmarks shuffled across images
+  (`evaluation.location_instability_report`);
+* **dead maps**: the fraction of the layer's (image, filter) maps with
+  peak <= 0, and of its filters dead on every image;
 * **part interpretability** (§5.2.1; higher is better) against the
   dataset's part masks (`part_segmentations/`), always on the masked map,
   the post-ReLU/mask map the paper defines it on;
@@ -21,8 +28,13 @@ The model runs once over the dataset for accuracy and every map's peak
 twice more (`evaluation.collect_part_interpretability`); the figures read
 back only the `num_figure_filters x top_k_images` images they show.
 
-Command line (prints the JSON summary to stdout; exit status 2 with a
-one-line message on stderr for bad inputs):
+A metric that cannot be computed is None with a `*_reason`. A model with
+non-finite outputs (NaN or infinite logits or maps, e.g. diverged in
+training) is refused with a `ValueError`.
+
+Command line (prints the JSON summary to stdout and a short digest,
+`format_summary`, to stderr; exit status 2 with a one-line message on
+stderr for bad inputs, a diverged model included):
 
     python -m keras_interp.evaluate --model runs/train_cub/model.keras \
         [--data_dir CUB_200_2011] [--parts back,forehead,tail] [--out DIR] \
@@ -48,13 +60,18 @@ import numpy as np
 from keras_interp import data as data_lib
 from keras_interp import evaluation
 from keras_interp import models
-from keras_interp import train
 from keras_interp.evaluation import feature_maps
+from keras_interp.evaluation.location_instability import MIN_IMAGES
+from keras_interp.evaluation.location_instability import SHUFFLE_SEED
 from keras_interp.layers import InterpretableMixin
 
 # Part interpretability is defined on the map after ReLU and mask (paper
 # §5.2.1, after Network Dissection); `map` only switches the instability.
 PART_INTERPRETABILITY_MAP = "masked"
+# Location instability leaves (image, filter) pairs whose map peak is <= 0
+# out of the top-k: a blank map has no location (see
+# `evaluation.location_instability`).
+DROP_DEAD_MAPS = True
 # Written next to the figures when `out_dir` is given.
 SUMMARY_FILENAME = "summary.json"
 # `results.json` that `train.train_and_evaluate` writes next to the model.
@@ -171,7 +188,8 @@ def _joint_model(model: keras.Model, probe: keras.Model) -> Any:
 class _Stream:
     """What one pass over the dataset keeps: `N x F` peaks and counts."""
 
-    def __init__(self, with_landmarks: bool):
+    def __init__(self, model: keras.Model, with_landmarks: bool):
+        self.model = model
         self.with_landmarks = with_landmarks
         self.correct = 0
         self.index, self.value = [], []
@@ -190,6 +208,15 @@ class _Stream:
                 "`model` must output logits of shape (batch, classes). "
                 f"Received shape {logits.shape} for {len(labels)} images."
             )
+        first = self.num_images
+        for name, values in (("logits", logits), ("feature maps", maps)):
+            if not np.all(np.isfinite(values)):
+                feature_maps.check_finite(
+                    values,
+                    f"The model's {name} (images {first} to "
+                    f"{first + len(labels) - 1} of the dataset)",
+                    _diverged_fix(self.model),
+                )
         self.correct += int(np.sum(np.argmax(logits, axis=-1) == labels))
         self.labels.append(labels)
         self.image_size = tuple(int(s) for s in batch["image"].shape[1:3])
@@ -200,6 +227,45 @@ class _Stream:
         if self.with_landmarks:
             self.landmarks.append(np.asarray(batch["parts"], "float32"))
             self.visible.append(np.asarray(batch["part_visible"], bool))
+
+
+def _non_finite_weights(model: keras.Model) -> list:
+    return [
+        weight.path
+        for weight in model.weights
+        if not bool(keras.ops.all(keras.ops.isfinite(weight)))
+    ]
+
+
+_RETRAIN = (
+    "Its argmax classes and peak cells would be arbitrary (argmax of NaN is "
+    "index 0), so it is not evaluated. Retrain it (e.g. with a smaller "
+    "learning rate or loss_weight) and evaluate a model with finite weights."
+)
+
+
+def _check_weights(model: keras.Model) -> None:
+    bad = _non_finite_weights(model)
+    if bad:
+        raise ValueError(
+            f"`model` has non-finite weights: {len(bad)} of its "
+            f"{len(model.weights)} weight tensors hold NaN or infinity "
+            f"(e.g. {', '.join(bad[:3])}): it diverged in training. " + _RETRAIN
+        )
+
+
+def _diverged_fix(model: keras.Model) -> str:
+    """What to tell the user about a model with non-finite outputs."""
+    bad = _non_finite_weights(model)
+    if bad:
+        return (
+            f"{len(bad)} weight tensors hold NaN or infinity (e.g. "
+            f"{', '.join(bad[:3])}): the model diverged. " + _RETRAIN
+        )
+    return (
+        "Every weight is finite, so check the images (finite, 0..255) and "
+        "the model's numerics (e.g. float16 overflow). " + _RETRAIN
+    )
 
 
 def _check_batch(batch: dict, with_landmarks: bool) -> None:
@@ -218,7 +284,7 @@ def _check_batch(batch: dict, with_landmarks: bool) -> None:
 
 def _stream(model, probe, data_format, dataset, with_landmarks) -> _Stream:
     joint = _joint_model(model, probe)
-    state = _Stream(with_landmarks)
+    state = _Stream(model, with_landmarks)
     for batch in feature_maps.iterate_batches(dataset):
         _check_batch(batch, with_landmarks)
         images = np.asarray(batch["image"])
@@ -234,63 +300,119 @@ def _stream(model, probe, data_format, dataset, with_landmarks) -> _Stream:
     return state
 
 
+def _mean_or_none(values: np.ndarray) -> Optional[float]:
+    values = values[np.isfinite(values)]
+    return _finite_or_none(values.mean()) if values.size else None
+
+
 def _location_instability(state, parts, part_names, rf) -> dict:
+    """`location_instability_report` on the streamed peaks, as JSON parts."""
     names = [str(part_names[p]) for p in parts]
     landmarks = np.concatenate(state.landmarks)[:, parts]
     visible = np.concatenate(state.visible)[:, parts]
-    with warnings.catch_warnings():
-        # A NaN result is reported with its reason in the summary.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        value, per_filter, per_landmark = evaluation.location_instability(
-            np.concatenate(state.index),
-            np.concatenate(state.value),
-            landmarks,
-            visible,
-            image_size=state.image_size,
-            receptive_field=rf,
-            top_k=train.TOP_K,
-            return_per_filter=True,
-            # Per category, keeping each filter's best (paper §5.2.2 for
-            # multi-category models): a filter that is silent on other
-            # classes is not judged on their images.
-            labels=np.concatenate(state.labels),
-            category_rule="deviation",
-        )
-    valid = np.isfinite(per_filter)
+    report = evaluation.location_instability_report(
+        np.concatenate(state.index),
+        np.concatenate(state.value),
+        landmarks,
+        visible,
+        image_size=state.image_size,
+        receptive_field=rf,
+        map_shape=state.map_size,
+        top_k=evaluation.TOP_K,
+        # Per category, keeping each filter's best (paper §5.2.2 for
+        # multi-category models): a filter that is silent on other
+        # classes is not judged on their images, and each class is scored
+        # on its own landmarks.
+        labels=np.concatenate(state.labels),
+        category_rule="deviation",
+        drop_dead_maps=DROP_DEAD_MAPS,
+        shuffle_seed=SHUFFLE_SEED,
+    )
+    counts = {name: int(visible[:, k].sum()) for k, name in enumerate(names)}
+    valid = np.isfinite(report.per_filter)
     reason = None
-    if not valid.any():
+    if report.reason is not None:
         reason = (
-            f"no filter has at least 2 images with each of the landmarks "
-            f"{names} visible; use a larger split or other `parts`"
+            f"{report.reason} (images with each landmark visible: {counts}); "
+            "use a larger split or other `parts`"
         )
-    per_part = {
-        name: (
-            _finite_or_none(per_landmark[valid, k].mean())
-            if valid.any()
+    per_part, per_part_reason, selected = {}, {}, {}
+    for k, name in enumerate(names):
+        values = report.per_landmark[valid, k]
+        scored = np.isfinite(values)
+        per_part[name] = _mean_or_none(values)
+        selected[name] = (
+            float(report.selected_images[valid, k][scored].mean())
+            if scored.any()
             else None
         )
-        for k, name in enumerate(names)
-    }
+        if scored.any():
+            per_part_reason[name] = None
+        elif report.pool_images[k] < MIN_IMAGES:
+            per_part_reason[name] = (
+                f"visible in fewer than "
+                f"{MIN_IMAGES} images of "
+                f"every category ({counts[name]} in all)"
+            )
+        elif not valid.any():
+            per_part_reason[name] = "no filter could be evaluated"
+        else:
+            per_part_reason[name] = (
+                "no evaluated filter's category shows it in at least "
+                f"{MIN_IMAGES} images"
+            )
     return {
-        "value": None if reason else _finite_or_none(value),
+        "value": None if reason else _finite_or_none(report.value),
         "reason": reason,
-        "per_filter": per_filter,
+        "fixed_cell": _finite_or_none(report.fixed_cell),
+        "shuffled": _finite_or_none(report.shuffled),
+        "per_filter": report.per_filter,
         "per_part": per_part,
-        "visible": {
-            name: int(visible[:, k].sum()) for k, name in enumerate(names)
+        "per_part_reason": per_part_reason,
+        "selection": {
+            "top_k": evaluation.TOP_K,
+            "pool_images": {
+                name: int(report.pool_images[k]) for k, name in enumerate(names)
+            },
+            "mean_selected_images": selected,
+            "drop_dead_maps": DROP_DEAD_MAPS,
+            "dead_dropped_fraction": _finite_or_none(
+                report.dead_dropped_fraction
+            ),
+            "shuffle_seed": SHUFFLE_SEED,
         },
+        "visible": counts,
         "parts": names,
     }
 
 
 def _part_interpretability(
-    model, layer, dataset, part_names, num_images, rf
+    model, layer, dataset, part_names, num_images, rf, map_size
 ) -> dict:
     part_ids = (
         None
         if part_names is None
         else np.arange(1, len(part_names) + 1)  # Mask id k is part k.
     )
+    parts = None if part_names is None else list(part_names)
+    if num_images is None:
+        num_images = sum(
+            len(batch["image"])
+            for batch in feature_maps.iterate_batches(dataset)
+        )
+    cells = num_images * map_size[0] * map_size[1]
+    reason = evaluation.too_few_cells_reason(cells)
+    if reason is not None:
+        # Two model passes saved: the score would be 0 whatever the maps.
+        return {
+            "value": None,
+            "reason": (
+                f"{reason} ({num_images} images x {map_size[0]} x "
+                f"{map_size[1]} cells)"
+            ),
+            "num_filters": 0,
+            "parts": parts,
+        }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         value, per_filter, _ = evaluation.collect_part_interpretability(
@@ -312,7 +434,7 @@ def _part_interpretability(
             else "no evaluated image contains any part of the part masks"
         ),
         "num_filters": int(np.sum(np.isfinite(per_filter))),
-        "parts": None if part_names is None else list(part_names),
+        "parts": parts,
     }
 
 
@@ -420,19 +542,46 @@ def evaluate_dataset(
         metadata: extra JSON-serialisable entries for the summary.
 
     Returns:
-        A JSON-serialisable dict: `accuracy`, `location_instability` and
-        `part_interpretability` (None, with `*_reason`, when not computed),
-        `location_instability_per_part`, `layer`, `map`,
-        `part_interpretability_map`, `parts`, `part_interpretability_parts`,
-        `top_k`, `receptive_field`, `counts` (`num_images`, `num_filters`,
-        `num_filters_evaluated`, `visible_images` per landmark,
-        `part_interpretability_images`,
-        `part_interpretability_filters`) and, with `out_dir`, `figures`
-        (`filters`, `paths`, `selection`); plus `metadata`.
+        A JSON-serialisable dict (undefined numbers are None, never NaN):
+
+        * `accuracy`;
+        * `location_instability` and `part_interpretability`, each None
+          with a `*_reason` string when it cannot be computed (the reason
+          is None otherwise);
+        * `location_instability_fixed_cell` and
+          `location_instability_shuffled_landmarks`: the reference values of
+          `evaluation.location_instability_report` (same filters, images
+          and rules; a filter stuck at its best fixed cell, and the
+          landmarks shuffled across images of the same category);
+        * `location_instability_per_part` (landmark -> mean `D_{f,k}` over
+          the evaluated filters) and `location_instability_per_part_reason`
+          (landmark -> None, or why it was not scored);
+        * `location_instability_selection`: `top_k`, `pool_images`
+          (landmark -> the most images with it visible in one category:
+          what the top-k chooses from), `mean_selected_images` (landmark
+          -> images the evaluated filters' top-k used, on average),
+          `drop_dead_maps`, `dead_dropped_fraction` (of the pairs the
+          paper's top-k would select, the fraction with a dead map,
+          dropped) and `shuffle_seed`;
+        * `dead_maps`: `map_fraction` (of the (image, filter) maps of
+          `layer`, over every image, those with peak <= 0) and
+          `filter_fraction` (filters dead on every image);
+        * `layer`, `map`, `part_interpretability_map`, `parts`,
+          `part_interpretability_parts`, `top_k`, `receptive_field`;
+        * `counts`: `num_images`, `num_filters`, `num_filters_evaluated`,
+          `visible_images` per landmark, `part_interpretability_images`,
+          `part_interpretability_filters`;
+        * with `out_dir`, `figures` (`filters`, `paths`, `selection`);
+          plus `metadata`.
+
+        The location-instability entries other than the reason are None
+        when `parts` is None.
 
     Raises:
         ValueError: for a bad `layer`, `map`, count, a model without one
-            logits output, or batches missing a key.
+            logits output, batches missing a key, or a diverged model:
+            non-finite weights, logits or maps (the message names the
+            non-finite weights).
         ImportError: if `out_dir` is given and matplotlib is missing.
 
     Example:
@@ -444,6 +593,7 @@ def evaluate_dataset(
     ['num_filters', 'num_filters_evaluated', 'num_images', ...]
     """
     _logits_model(model)
+    _check_weights(model)
     layer = _check_layer(model, layer)
     feature_maps.check_map(map)
     num_figure_filters = _check_count(
@@ -482,8 +632,12 @@ def evaluate_dataset(
         stability = {
             "value": None,
             "reason": "no landmarks: the dataset has no part annotations",
+            "fixed_cell": None,
+            "shuffled": None,
             "per_filter": None,
             "per_part": None,
+            "per_part_reason": None,
+            "selection": None,
             "visible": None,
             "parts": None,
         }
@@ -495,6 +649,7 @@ def evaluate_dataset(
             None if part_names is None else [str(n) for n in part_names],
             part_mask_images,
             rf,
+            state.map_size,
         )
     else:
         interpretability = {
@@ -504,10 +659,13 @@ def evaluate_dataset(
             "parts": None,
         }
     per_filter = stability["per_filter"]
+    dead = evaluation.dead_map_fractions(np.concatenate(state.value))
     summary = {
         "accuracy": state.correct / state.num_images,
         "location_instability": stability["value"],
         "location_instability_reason": stability["reason"],
+        "location_instability_fixed_cell": stability["fixed_cell"],
+        "location_instability_shuffled_landmarks": stability["shuffled"],
         "part_interpretability": interpretability["value"],
         "part_interpretability_reason": interpretability["reason"],
         "layer": layer,
@@ -516,7 +674,13 @@ def evaluate_dataset(
         "parts": stability["parts"],
         "part_interpretability_parts": interpretability["parts"],
         "location_instability_per_part": stability["per_part"],
-        "top_k": train.TOP_K,
+        "location_instability_per_part_reason": stability["per_part_reason"],
+        "location_instability_selection": stability["selection"],
+        "dead_maps": {
+            "map_fraction": dead.map_fraction,
+            "filter_fraction": dead.filter_fraction,
+        },
+        "top_k": evaluation.TOP_K,
         "receptive_field": None
         if rf is None
         else {
@@ -565,6 +729,137 @@ def evaluate_dataset(
             "selection": FIGURE_SELECTION,
         }
     return summary
+
+
+# `evaluate_dataset` entries that `training_results` copies as they are.
+_TRAINING_RESULTS = (
+    "location_instability_reason",
+    "location_instability_fixed_cell",
+    "location_instability_shuffled_landmarks",
+    "location_instability_per_part",
+    "location_instability_per_part_reason",
+    "location_instability_selection",
+    "dead_maps",
+)
+
+
+def training_results(summary: dict) -> dict:
+    """The entries of an `evaluate_dataset` summary kept in `results.json`.
+
+    `train.evaluate_model` returns these, so a metric added to the summary
+    reaches `results.json` by being listed here.
+
+    Args:
+        summary: an `evaluate_dataset` summary.
+
+    Returns:
+        A dict: `accuracy`, `num_images`, `location_instability` (NaN when
+        not computed, as `results.json` has always written it),
+        `num_filters_evaluated`, and the summary's
+        `location_instability_reason`, `location_instability_fixed_cell`,
+        `location_instability_shuffled_landmarks`,
+        `location_instability_per_part`,
+        `location_instability_per_part_reason`,
+        `location_instability_selection` and `dead_maps` (None where the
+        summary lacks them).
+    """
+    value = summary["location_instability"]
+    results = {
+        "accuracy": summary["accuracy"],
+        "num_images": summary["counts"]["num_images"],
+        "location_instability": float("nan") if value is None else value,
+        "num_filters_evaluated": summary["counts"]["num_filters_evaluated"],
+    }
+    for key in _TRAINING_RESULTS:
+        results[key] = summary.get(key)
+    return results
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def format_summary(summary: dict) -> str:
+    """A few human-readable lines of an `evaluate_dataset` summary.
+
+    The command line prints them to stderr (stdout stays the JSON). Every
+    location-instability value comes with its two reference values, and a
+    metric that was not computed with its reason:
+
+    ```
+    accuracy: 0.4792 (240 images)
+    location instability: 0.0412 (lower is better; fixed cell 0.0660,
+        shuffled landmarks 0.0905; 120 of 128 filters; masked map of
+        part_conv; landmarks back, forehead, tail)
+    top-k: 100 images per filter and landmark, of at most 48 (back),
+        ...; on average 47.2 used; 3.1% of the maps it would select were
+        dead (peak <= 0) and dropped
+    dead maps: 12.5% of (image, filter) maps, 6.3% of filters on every
+        image
+    part interpretability: not computed: <reason>
+    ```
+
+    (each entry is one line).
+
+    Args:
+        summary: an `evaluate_dataset` (or `evaluate`) summary.
+
+    Returns:
+        The lines, joined by newlines.
+    """
+    counts = summary["counts"]
+    lines = [
+        f"accuracy: {_number(summary['accuracy'])} "
+        f"({counts['num_images']} images)"
+    ]
+    value = summary["location_instability"]
+    if value is None:
+        lines.append(
+            "location instability: not computed: "
+            f"{summary['location_instability_reason']}"
+        )
+    else:
+        lines.append(
+            f"location instability: {_number(value)} (lower is better; "
+            "fixed cell "
+            f"{_number(summary['location_instability_fixed_cell'])}, "
+            "shuffled landmarks "
+            f"{_number(summary['location_instability_shuffled_landmarks'])};"
+            f" {counts['num_filters_evaluated']} of {counts['num_filters']} "
+            f"filters; {summary['map']} map of {summary['layer']}; "
+            f"landmarks {', '.join(summary['parts'])})"
+        )
+    selection = summary.get("location_instability_selection")
+    if selection is not None:
+        pools = ", ".join(
+            f"{n} ({name})" for name, n in selection["pool_images"].items()
+        )
+        used = [v for v in selection["mean_selected_images"].values() if v]
+        dropped = selection["dead_dropped_fraction"]
+        lines.append(
+            f"top-k: {selection['top_k']} images per filter and landmark, "
+            f"of at most {pools} per category"
+            + (f"; on average {np.mean(used):.1f} used" if used else "")
+            + (
+                f"; {dropped:.1%} of the maps it would select were dead "
+                "(peak <= 0) and dropped"
+                if dropped is not None
+                else ""
+            )
+        )
+    dead = summary["dead_maps"]
+    lines.append(
+        f"dead maps: {dead['map_fraction']:.1%} of (image, filter) maps, "
+        f"{dead['filter_fraction']:.1%} of filters on every image"
+    )
+    value = summary["part_interpretability"]
+    lines.append(
+        f"part interpretability: {_number(value)} (higher is better)"
+        if value is not None
+        else "part interpretability: not computed: "
+        f"{summary['part_interpretability_reason']}"
+    )
+    return "\n".join(lines)
 
 
 def write_summary(summary: dict, out_dir: str) -> str:
@@ -675,7 +970,7 @@ def evaluate(
         crop_to_box: crop objects to their box, as in training.
         parts: landmark names for location instability (a list, or a
             comma-separated string); default: the authors' CUB landmarks
-            `train.CUB_EVAL_PARTS` when present, else every part.
+            `evaluation.CUB_EVAL_PARTS` when present, else every part.
         layer: the evaluated layer (default "part_conv").
         eval_map: `"masked"` (default; paper: after ReLU and mask) or
             `"raw"` (authors' code: before them), for location instability
@@ -722,7 +1017,11 @@ def evaluate(
             f"{index.data_dir!r} has no part annotations (parts/). Pass "
             "parts=None."
         )
-    part_ids = train._eval_parts(index, names)
+    part_ids = (
+        evaluation.landmark_ids(index.part_names, names)
+        if index.has_parts
+        else None
+    )
     _check_classes(model, index, negatives)
     sizes = data_lib.dataset_sizes(index, split=split, negatives=negatives)
     common = dict(
@@ -925,6 +1224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
     print(json.dumps(summary, indent=2, allow_nan=False))
+    print(format_summary(summary), file=sys.stderr)
     return 0
 
 

@@ -9,6 +9,7 @@ a plain accuracy loop); the command line against the library.
 
 import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -117,15 +118,26 @@ def _reference(
         correct += int(np.sum(np.argmax(logits, -1) == batch["label"]))
         total += len(batch["label"])
     peaks = evaluation.collect_peaks(model, models.PART_CONV, dataset, map=map)
+    rf = evaluation.receptive_field(model, models.PART_CONV)
     instability, per_filter, _ = evaluation.location_instability(
         peaks.index,
         peaks.value,
         peaks.landmarks[:, parts],
         peaks.visible[:, parts],
         image_size=IMAGE_SIZE,
-        receptive_field=evaluation.receptive_field(model, models.PART_CONV),
+        receptive_field=rf,
         return_per_filter=True,
         labels=peaks.labels,  # the paper's multi-category rule
+    )
+    report = evaluation.location_instability_report(
+        peaks.index,
+        peaks.value,
+        peaks.landmarks[:, parts],
+        peaks.visible[:, parts],
+        image_size=IMAGE_SIZE,
+        receptive_field=rf,
+        map_shape=peaks.map_size,
+        labels=peaks.labels,
     )
     masks = _dataset(index, split, include_parts=False, include_part_masks=True)
     interpretability = evaluation.collect_part_interpretability(
@@ -142,6 +154,8 @@ def _reference(
         "mean_peak": peaks.value.mean(axis=0),
         "visible": peaks.visible[:, parts].sum(axis=0),
         "interpretability": interpretability,
+        "report": report,
+        "dead": evaluation.dead_map_fractions(peaks.value),
     }
 
 
@@ -201,7 +215,7 @@ def test_defaults_every_part_and_the_raw_map(
         model, index, eval_map="raw", part_interpretability=False
     )
     # The synthetic parts have no "forehead": every part is a landmark.
-    assert not set(train.CUB_EVAL_PARTS) <= set(index.part_names)
+    assert not set(evaluation.CUB_EVAL_PARTS) <= set(index.part_names)
     assert summary["parts"] == list(index.part_names)
     assert probed == [("part_conv", "raw")]
     assert summary["map"] == "raw"
@@ -227,18 +241,225 @@ def test_train_evaluate_model_delegates(parts_dir, model_path, test_split):
     model = keras.models.load_model(model_path)
     summary = test_split["summary"]
     parts = train._eval_parts(index, PARTS)
-    results = train.evaluate_model(model, _dataset(index, "test"), parts=parts)
+    results = train.evaluate_model(
+        model,
+        _dataset(index, "test"),
+        parts=parts,
+        part_names=list(index.part_names),
+    )
     assert results == {
         "accuracy": summary["accuracy"],
         "num_images": summary["counts"]["num_images"],
         "location_instability": summary["location_instability"],
+        "location_instability_reason": None,
+        "location_instability_fixed_cell": summary[
+            "location_instability_fixed_cell"
+        ],
+        "location_instability_shuffled_landmarks": summary[
+            "location_instability_shuffled_landmarks"
+        ],
+        "location_instability_per_part": summary[
+            "location_instability_per_part"
+        ],
+        "location_instability_per_part_reason": dict.fromkeys(PARTS),
+        "location_instability_selection": summary[
+            "location_instability_selection"
+        ],
         "num_filters_evaluated": summary["counts"]["num_filters_evaluated"],
+        "dead_maps": summary["dead_maps"],
     }
-    assert set(
-        train.evaluate_model(
-            model, _dataset(index, "test", include_parts=False)
+    assert results["location_instability_fixed_cell"] is not None
+    no_parts = train.evaluate_model(
+        model, _dataset(index, "test", include_parts=False)
+    )
+    assert math.isnan(no_parts["location_instability"])
+    assert "no part annotations" in no_parts["location_instability_reason"]
+    assert no_parts["dead_maps"] == summary["dead_maps"]
+
+
+def test_constants_are_defined_once_and_evaluate_does_not_import_train():
+    assert train.TOP_K is evaluation.TOP_K == 100
+    assert train.CUB_EVAL_PARTS is evaluation.CUB_EVAL_PARTS
+    code = (
+        "import sys, keras_interp.evaluate; "
+        "assert 'keras_interp.train' not in sys.modules, 'imports train'"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND="tensorflow")
+    process = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+
+
+def test_references_dead_maps_and_top_k_counts(test_split):
+    summary = test_split["summary"]
+    expected = test_split["reference"]
+    report = expected["report"]
+    assert summary["location_instability"] == pytest.approx(report.value)
+    assert summary["location_instability_fixed_cell"] == pytest.approx(
+        report.fixed_cell, rel=1e-9
+    )
+    assert summary["location_instability_shuffled_landmarks"] == pytest.approx(
+        report.shuffled, rel=1e-9
+    )
+    selection = summary["location_instability_selection"]
+    assert selection["top_k"] == evaluation.TOP_K == summary["top_k"]
+    assert selection["drop_dead_maps"] is True
+    assert selection["shuffle_seed"] == 0
+    assert selection["pool_images"] == dict(
+        zip(PARTS, report.pool_images.tolist())
+    )
+    # 12 test images, 4 per class: the top 100 keeps every image.
+    assert max(selection["pool_images"].values()) <= 4 < evaluation.TOP_K
+    valid = np.isfinite(report.per_filter)
+    for k, part in enumerate(PARTS):
+        assert selection["mean_selected_images"][part] == pytest.approx(
+            report.selected_images[valid, k].mean()
         )
-    ) == {"accuracy", "num_images"}
+    assert selection["dead_dropped_fraction"] == pytest.approx(
+        report.dead_dropped_fraction
+    )
+    assert summary["dead_maps"] == expected["dead"]._asdict()
+    assert summary["location_instability_per_part_reason"] == dict.fromkeys(
+        PARTS
+    )
+
+
+def test_part_interpretability_too_few_cells_has_a_reason(test_split):
+    # 12 test images x 4 x 4 cells = 192 < 200: no cell can pass T_f
+    # (before: 0.0 with a null reason).
+    summary = test_split["summary"]
+    assert summary["part_interpretability"] is None
+    reason = summary["part_interpretability_reason"]
+    assert "too few map cells" in reason and "12 images x 4 x 4" in reason
+    assert summary["counts"]["part_interpretability_filters"] == 0
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(tmp_path_factory):
+    """A CUB folder whose classes annotate different landmarks.
+
+    Class 0 shows back and head, class 1 tail and left wing, class 2 right
+    wing and left leg (like faces with eyes and animals with paws); no
+    landmark is visible in every class, and "right leg" in none.
+    """
+    root = data.write_synthetic_parts(
+        str(tmp_path_factory.mktemp("mixed") / "CUB_200_2011"),
+        seed=4,
+        num_classes=NUM_CLASSES,
+        images_per_class=10,
+        image_size=64,
+        num_negatives=0,
+    )
+    index = data.read_cub(root)
+    keep = {
+        0: {"back", "head"},
+        1: {"tail", "left wing"},
+        2: {"right wing", "left leg"},
+    }
+    labels = dict(zip(index.image_ids.tolist(), index.labels.tolist()))
+    names = [str(n) for n in index.part_names]
+    path = os.path.join(root, "parts", "part_locs.txt")
+    with open(path) as f:
+        rows = [line.split() for line in f if line.strip()]
+    with open(path, "w") as f:
+        for image, part, x, y, flag in rows:
+            if names[int(part) - 1] not in keep[labels[int(image)]]:
+                x, y, flag = "0", "0", "0"
+            f.write(f"{image} {part} {x} {y} {flag}\n")
+    return root
+
+
+def test_classes_with_different_landmark_sets(mixed_dir, model_path):
+    index = data.read_cub(mixed_dir)
+    model = keras.models.load_model(model_path)
+    summary = evaluate_lib.evaluate(
+        model, index, split="all", part_interpretability=False
+    )
+    names = [str(n) for n in index.part_names]
+    assert summary["parts"] == names
+    # Before: NaN ("no filter has at least 2 images with each of the
+    # landmarks ... visible").
+    assert summary["location_instability_reason"] is None
+    assert np.isfinite(summary["location_instability"])
+    assert summary["counts"]["num_filters_evaluated"] > 0
+    reasons = summary["location_instability_per_part_reason"]
+    assert (
+        "fewer than 2 images of every category (0 in all)"
+        in (reasons["right leg"])
+    )
+    per_part = summary["location_instability_per_part"]
+    assert per_part["right leg"] is None
+    # Every other landmark has a value, or a reason (when no evaluated
+    # filter kept the one class that shows it).
+    for name in names:
+        assert (per_part[name] is None) == (reasons[name] is not None)
+    dataset = _dataset(index, "all")
+    peaks = evaluation.collect_peaks(model, models.PART_CONV, dataset)
+    expected = evaluation.location_instability(
+        peaks.index,
+        peaks.value,
+        peaks.landmarks,
+        peaks.visible,
+        image_size=IMAGE_SIZE,
+        receptive_field=evaluation.receptive_field(model, models.PART_CONV),
+        labels=peaks.labels,
+    )
+    assert summary["location_instability"] == pytest.approx(expected, rel=1e-9)
+    results = train.evaluate_model(
+        model, dataset, parts=train._eval_parts(index, None)
+    )
+    assert results["location_instability"] == pytest.approx(expected, rel=1e-9)
+    assert results["location_instability_reason"] is None
+
+
+def _nan_model(path):
+    built = models.build_part_classifier(
+        "tiny_vgg",
+        num_classes=NUM_CLASSES,
+        image_size=IMAGE_SIZE,
+        filters=NUM_FILTERS,
+    )
+    for weight in built.inference.weights:
+        weight.assign(np.full(weight.shape, np.nan, weight.dtype))
+    built.inference.save(path)
+    return path
+
+
+def test_diverged_model_is_refused(parts_dir, model_path, tmp_path, capsys):
+    # Before: accuracy 1/3 (argmax of NaN logits is class 0) and a
+    # plausible instability.
+    path = _nan_model(str(tmp_path / "nan.keras"))
+    index = data.read_cub(parts_dir)
+    model = keras.models.load_model(path)
+    with pytest.raises(
+        ValueError,
+        match="non-finite weights: 48 of its 48.*block1_conv1/kernel",
+    ):
+        evaluate_lib.evaluate(model, index, parts=PARTS)
+    status = evaluate_lib.main(["--model", path, "--data_dir", parts_dir])
+    assert status == evaluate_lib.USAGE_ERROR
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "diverged" in captured.err
+    # Finite weights, non-finite outputs (a NaN pixel through a model
+    # without ReLU): the outputs are refused.
+    inputs = keras.Input((8, 8, 3))
+    maps = keras.layers.Conv2D(2, 3, name="part_conv")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(maps)
+    good = keras.Model(inputs, keras.layers.Dense(3)(pooled))
+    images = np.full((2, 8, 8, 3), 100.0, "float32")
+    images[1, 0, 0] = np.nan
+    batch = {"image": images, "label": np.zeros(2, "int32")}
+    with pytest.raises(
+        ValueError, match="logits \\(images 0 to 1 .*must be finite.*check"
+    ):
+        evaluate_lib.evaluate_dataset(good, [batch])
 
 
 def test_negatives_single_category(parts_dir, single_model_path):
@@ -383,8 +604,33 @@ def test_cli_prints_the_library_summary(
     assert process.returncode == 0, process.stderr
     summary = json.loads(process.stdout)
     expected = test_split["summary"]
-    for key in ("accuracy", "location_instability", "part_interpretability"):
+    for key in (
+        "accuracy",
+        "location_instability",
+        "location_instability_fixed_cell",
+        "location_instability_shuffled_landmarks",
+    ):
         assert summary[key] == pytest.approx(expected[key], rel=1e-6), key
+    assert summary["part_interpretability"] is None
+    for key in (
+        "part_interpretability_reason",
+        "location_instability_selection",
+        "dead_maps",
+    ):
+        assert summary[key] == expected[key], key
+    # The digest on stderr: every instability with its two references,
+    # and the reason of what was not computed.
+    digest = evaluate_lib.format_summary(summary)
+    assert digest in process.stderr
+    assert re.search(
+        r"location instability: \d\.\d{4} \(lower is better; fixed cell "
+        r"\d\.\d{4}, shuffled landmarks \d\.\d{4};",
+        digest,
+    )
+    assert "part interpretability: not computed: too few map cells" in digest
+    assert "dead maps: " in digest and "top-k: 100 images" in digest
+    # A normal run prints no tf.function retracing warning.
+    assert "retracing" not in process.stderr
     assert summary["counts"] == expected["counts"]
     assert summary["parts"] == PARTS
     assert summary["model"] == os.path.abspath(model_path)

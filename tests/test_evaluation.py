@@ -559,25 +559,67 @@ def test_location_instability_ignores_invisible_landmarks():
     assert score == 0.0
 
 
-def test_location_instability_drops_filters_without_two_images():
+def test_location_instability_leaves_out_landmarks_seen_once():
+    # Landmark 1 is visible in one image only: no filter can be scored on
+    # it, so D_f is the mean over landmark 0 alone (before: every filter
+    # was dropped and the result was NaN).
     index = np.zeros((3, 2, 2), int)
     value = np.ones((3, 2))
     landmarks = np.full((3, 2, 2), 8.0)
+    landmarks[:, 0, 0] += [0.0, 2.0, 4.0]  # std 2 px
     visible = np.ones((3, 2), bool)
-    visible[1:, 1] = False  # landmark 1 is visible in one image only
-    with pytest.warns(RuntimeWarning, match="no filter has at least 2"):
-        score, per_filter, per_landmark = evaluation.location_instability(
+    visible[1:, 1] = False
+    score, per_filter, per_landmark = evaluation.location_instability(
+        index,
+        value,
+        landmarks,
+        visible,
+        image_size=224,
+        receptive_field=RF16,
+        return_per_filter=True,
+    )
+    np.testing.assert_allclose(per_filter, [2.0 / DIAGONAL_224] * 2)
+    assert score == pytest.approx(2.0 / DIAGONAL_224)
+    assert np.isnan(per_landmark[:, 1]).all()
+    with pytest.warns(RuntimeWarning, match="no landmark is visible in at"):
+        nothing = evaluation.location_instability(
             index,
             value,
+            landmarks,
+            visible & [False, True],
+            image_size=224,
+            receptive_field=RF16,
+        )
+    assert math.isnan(nothing)
+
+
+def test_location_instability_drops_filters_without_two_live_images():
+    # Filter 1 is live on one image only: dropped (authors' rule), while
+    # filter 0 is scored.
+    index = np.zeros((3, 2, 2), int)
+    value = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 2.0]])
+    landmarks = np.full((3, 1, 2), 8.0)
+    visible = np.ones((3, 1), bool)
+    score, per_filter, _ = evaluation.location_instability(
+        index,
+        value,
+        landmarks,
+        visible,
+        image_size=224,
+        receptive_field=RF16,
+        return_per_filter=True,
+    )
+    assert score == 0.0
+    assert per_filter[0] == 0.0 and np.isnan(per_filter[1])
+    with pytest.warns(RuntimeWarning, match="no filter has a live map"):
+        evaluation.location_instability(
+            index[:, 1:],
+            value[:, 1:],
             landmarks,
             visible,
             image_size=224,
             receptive_field=RF16,
-            return_per_filter=True,
         )
-    assert math.isnan(score)
-    assert np.isnan(per_filter).all()
-    np.testing.assert_array_equal(per_landmark[:, 0], [0.0, 0.0])
 
 
 def test_location_instability_invariant_to_image_order():
@@ -671,6 +713,392 @@ def test_location_instability_errors():
             visible,
             image_size=224,
             receptive_field=(16, 8.0),
+        )
+
+
+def reference_instability(
+    index, value, points, visible, labels, rf, size, top_k, rule, drop
+):
+    """Plain-loop location instability and its fixed-cell reference.
+
+    Written from the definitions, one filter, category and landmark at a
+    time: top-k by (-peak, image) among the visible images (live ones only
+    with `drop`), std (N - 1) of the distances, mean over the landmarks
+    visible twice in the category, category by `rule`. The fixed cell
+    tries every cell of a 14 x 14 grid on the same selected images.
+    Returns `(per_filter, fixed_per_filter)`.
+    """
+    n, f = value.shape
+    diag = math.hypot(size, size)
+    categories = [None] if labels is None else sorted(set(labels.tolist()))
+    cells = [
+        (rf.offset[0] + i * rf.stride[0], rf.offset[1] + j * rf.stride[1])
+        for i in range(14)
+        for j in range(14)
+    ]
+    per_filter, fixed_per_filter = [], []
+    for filt in range(f):
+        options = []
+        for category in categories:
+            images = [
+                i for i in range(n) if category is None or labels[i] == category
+            ]
+            deviations, selections = [], []
+            for part in range(points.shape[1]):
+                seen = [i for i in images if visible[i, part]]
+                if len(seen) < 2:
+                    continue
+                pool = [i for i in seen if value[i, filt] > 0 or not drop]
+                chosen = sorted(pool, key=lambda i: (-value[i, filt], i))
+                chosen = chosen[:top_k]
+                selections.append((part, chosen))
+                if len(chosen) < 2:
+                    deviations.append(math.nan)
+                    continue
+                y = [
+                    rf.offset[0] + index[i, filt, 0] * rf.stride[0]
+                    for i in chosen
+                ]
+                x = [
+                    rf.offset[1] + index[i, filt, 1] * rf.stride[1]
+                    for i in chosen
+                ]
+                d = [
+                    math.hypot(points[i, part, 0] - xi, points[i, part, 1] - yi)
+                    / diag
+                    for i, yi, xi in zip(chosen, y, x)
+                ]
+                deviations.append(np.std(d, ddof=1))
+            if not selections:
+                options.append((math.nan, math.nan, -math.inf))
+                continue
+            fixed = math.inf
+            for cy, cx in cells:
+                terms = []
+                for part, chosen in selections:
+                    if len(chosen) < 2:
+                        terms.append(math.nan)
+                        continue
+                    d = [
+                        math.hypot(
+                            points[i, part, 0] - cx, points[i, part, 1] - cy
+                        )
+                        / diag
+                        for i in chosen
+                    ]
+                    terms.append(np.std(d, ddof=1))
+                fixed = min(fixed, np.mean(terms))  # NaN-safe: NaN < x False
+                if math.isnan(np.mean(terms)):
+                    fixed = math.nan
+                    break
+            activation = np.mean([value[i, filt] for i in images])
+            options.append((np.mean(deviations), fixed, activation))
+        if rule == "deviation":
+            keyed = [
+                o[0] if not math.isnan(o[0]) else math.inf for o in options
+            ]
+            fixed_keyed = [
+                o[1] if not math.isnan(o[1]) else math.inf for o in options
+            ]
+            pick = int(np.argmin(keyed))
+            fixed_pick = int(np.argmin(fixed_keyed))
+        else:
+            pick = fixed_pick = int(np.argmax([o[2] for o in options]))
+        per_filter.append(options[pick][0])
+        fixed_per_filter.append(options[fixed_pick][1])
+    return np.array(per_filter), np.array(fixed_per_filter)
+
+
+def random_peaks(seed, n=36, f=5, k=3, categories=3):
+    """Random peaks with dead maps, per-category landmark sets and ties."""
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, 14, (n, f, 2))
+    value = rng.choice([-1.0, 0.0, 0.5, 1.0, 2.0, 3.0], size=(n, f))
+    value += rng.uniform(0, 0.1, (n, f)) * (value > 0)
+    points = rng.uniform(0, 224, (n, k, 2))
+    visible = rng.uniform(size=(n, k)) > 0.2
+    labels = rng.integers(0, categories, n)
+    visible[labels == 0, 0] = False  # category 0 has no landmark 0
+    visible[labels == 1, 1:] = False  # category 1 has landmark 0 only
+    return index, value, points, visible, labels
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("rule", ["deviation", "activation"])
+@pytest.mark.parametrize("drop", [True, False])
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_location_instability_matches_plain_loops(
+    seed, rule, drop, with_labels
+):
+    index, value, points, visible, labels = random_peaks(seed)
+    labels = labels if with_labels else None
+    kwargs = dict(
+        image_size=224,
+        receptive_field=RF16,
+        top_k=5,
+        labels=labels,
+        category_rule=rule,
+        drop_dead_maps=drop,
+    )
+    report = evaluation.location_instability_report(
+        index, value, points, visible, map_shape=(14, 14), **kwargs
+    )
+    expected, expected_fixed = reference_instability(
+        index, value, points, visible, labels, RF16, 224, 5, rule, drop
+    )
+    np.testing.assert_allclose(report.per_filter, expected, rtol=1e-10)
+    np.testing.assert_allclose(
+        report.fixed_cell_per_filter, expected_fixed, rtol=1e-8, atol=1e-12
+    )
+    assert np.isfinite(expected).sum() >= 2
+    assert report.value == pytest.approx(np.nanmean(expected), rel=1e-10)
+    assert report.fixed_cell == pytest.approx(
+        np.nanmean(np.where(np.isfinite(expected), expected_fixed, np.nan)),
+        rel=1e-8,
+    )
+    score, per_filter, _ = evaluation.location_instability(
+        index, value, points, visible, return_per_filter=True, **kwargs
+    )
+    assert score == report.value
+    np.testing.assert_array_equal(per_filter, report.per_filter)
+    # "Shuffled landmarks" is the metric on the shuffled annotations.
+    shuffled = evaluation.shuffle_landmarks(
+        points, visible, labels=labels, seed=0
+    )
+    expected_shuffled, _ = reference_instability(
+        index, value, *shuffled, labels, RF16, 224, 5, rule, drop
+    )
+    assert report.shuffled == pytest.approx(
+        np.nanmean(expected_shuffled), rel=1e-10
+    )
+
+
+def test_location_instability_scores_each_category_on_its_own_landmarks():
+    # Category 0 (faces) annotates landmark 0 only, category 1 (animals)
+    # landmark 1 only: no image shows both. Before, every filter was NaN.
+    # Filter 0 sits on category 0's landmark (std 0) and is 0, 2, 4 px
+    # off category 1's (std 2): it keeps category 0 (lowest deviation).
+    index = np.zeros((6, 1, 2), int)
+    value = np.ones((6, 1))
+    landmarks = np.full((6, 2, 2), 8.0)
+    landmarks[3:, 1, 0] += [0.0, 2.0, 4.0]
+    visible = np.zeros((6, 2), bool)
+    visible[:3, 0] = visible[3:, 1] = True
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    common = dict(image_size=224, receptive_field=RF16, labels=labels)
+    score, _, per_landmark = evaluation.location_instability(
+        index, value, landmarks, visible, return_per_filter=True, **common
+    )
+    assert score == 0.0
+    assert per_landmark[0, 0] == 0.0 and np.isnan(per_landmark[0, 1])
+    authors = evaluation.location_instability(
+        index,
+        value * [[1], [1], [1], [5], [5], [5]],
+        landmarks,
+        visible,
+        category_rule="activation",
+        **common,
+    )
+    assert authors == pytest.approx(2.0 / DIAGONAL_224)
+
+
+def test_location_instability_drops_dead_maps():
+    # Filter 0 is exact on images 0-2 (peaks 3, 2, 1) and dead on 3-4
+    # (peak 0, argmax cell (0, 0) by the tie rule, 40 and 80 px from the
+    # landmark). Dropping the dead maps leaves std 0; the paper's rule
+    # fills its top 5 with them: distances 0, 0, 0, 40, 80 px.
+    index = np.array([[[2, 2]], [[2, 2]], [[2, 2]], [[0, 0]], [[0, 0]]])
+    value = np.array([[3.0], [2.0], [1.0], [0.0], [0.0]])
+    landmarks = np.array([[[40.0, 40.0]]] * 3 + [[[48.0, 8.0]], [[88.0, 8.0]]])
+    visible = np.ones((5, 1), bool)
+    kwargs = dict(image_size=224, receptive_field=RF16, top_k=5)
+    dropped = evaluation.location_instability(
+        index, value, landmarks, visible, **kwargs
+    )
+    paper = evaluation.location_instability(
+        index, value, landmarks, visible, drop_dead_maps=False, **kwargs
+    )
+    assert dropped == 0.0
+    assert paper == pytest.approx(
+        np.std([0.0, 0.0, 0.0, 40.0, 80.0], ddof=1) / DIAGONAL_224
+    )
+    report = evaluation.location_instability_report(
+        index, value, landmarks, visible, map_shape=(14, 14), **kwargs
+    )
+    # The paper's top 5 would hold 2 dead maps of 5.
+    assert report.dead_dropped_fraction == pytest.approx(2 / 5)
+    assert report.pool_images.tolist() == [5]
+    assert report.selected_images.tolist() == [[3]]
+    top3 = evaluation.location_instability_report(
+        index,
+        value,
+        landmarks,
+        visible,
+        map_shape=(14, 14),
+        image_size=224,
+        receptive_field=RF16,
+        top_k=3,
+    )
+    # top 3 < 3 live images: nothing dead is selected, nothing dropped.
+    assert top3.dead_dropped_fraction == 0.0
+    assert top3.selected_images.tolist() == [[3]]
+
+
+def test_location_instability_report_counts_per_category():
+    # Landmark 0: 4 images of category 0, 2 of category 1; top_k 3. The
+    # pool is the largest per-category count; the filter (one category
+    # scored better) uses min(3, live images) of its category.
+    index = np.zeros((6, 1, 2), int)
+    value = np.array([[1.0], [2.0], [3.0], [4.0], [5.0], [6.0]])
+    landmarks = np.full((6, 1, 2), 8.0)
+    landmarks[4:, 0, 0] += [0.0, 4.0]  # category 1 is worse
+    visible = np.ones((6, 1), bool)
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    report = evaluation.location_instability_report(
+        index,
+        value,
+        landmarks,
+        visible,
+        map_shape=(2, 2),
+        labels=labels,
+        image_size=32,
+        receptive_field=RF16,
+        top_k=3,
+    )
+    assert report.pool_images.tolist() == [4]
+    assert report.selected_images.tolist() == [[3]]
+    assert report.value == 0.0
+    assert report.dead_dropped_fraction == 0.0
+    # Category 0's landmarks all sit on cell (0, 0)'s centre: fixed 0.
+    assert report.fixed_cell == 0.0
+    assert report.reason is None
+
+
+def test_fixed_cell_reference_by_hand():
+    # One row of 3 cells (centres x = 8, 24, 40). The filter follows a
+    # landmark that moves one cell per image: exact, so 0. A fixed cell at
+    # either end is 0, 16, 32 px away (std 16); the middle one 16, 0, 16
+    # px (mean 32/3, squares 2 (16/3)^2 + (32/3)^2 = 512/3, std (N - 1)
+    # sqrt(256/3) = 9.24 px): the best fixed cell.
+    index = np.array([[[0, 0]], [[0, 1]], [[0, 2]]])
+    points = np.array([[[8.0, 8.0]], [[24.0, 8.0]], [[40.0, 8.0]]])
+    common = dict(
+        image_size=48,
+        receptive_field=RF16,
+        map_shape=(1, 3),
+    )
+    report = evaluation.location_instability_report(
+        index, np.ones((3, 1)), points, np.ones((3, 1), bool), **common
+    )
+    assert report.value == 0.0
+    diagonal = math.hypot(48, 48)
+    assert report.fixed_cell == pytest.approx(math.sqrt(256 / 3) / diagonal)
+    np.testing.assert_allclose(
+        report.fixed_cell_per_filter, [math.sqrt(256 / 3) / diagonal]
+    )
+    # A filter stuck at the best cell scores exactly the reference.
+    stuck = evaluation.location_instability_report(
+        np.array([[[0, 1]]] * 3),
+        np.ones((3, 1)),
+        points,
+        np.ones((3, 1), bool),
+        **common,
+    )
+    assert stuck.value == pytest.approx(stuck.fixed_cell, rel=1e-12)
+    # The reference is a std of distances, not of positions: a cell far
+    # from every landmark can be steadier. On a 3 x 3 grid, cell (2, 1)
+    # (y = 40, x = 24) is 35.8, 32, 35.8 px away: std 2.18 px.
+    grid = evaluation.location_instability_report(
+        index,
+        np.ones((3, 1)),
+        points,
+        np.ones((3, 1), bool),
+        image_size=48,
+        receptive_field=RF16,
+        map_shape=(3, 3),
+    )
+    far = math.hypot(16, 32)
+    assert grid.fixed_cell == pytest.approx(
+        np.std([far, 32.0, far], ddof=1) / diagonal
+    )
+
+
+def test_shuffle_landmarks_permutes_within_categories():
+    rng = np.random.default_rng(5)
+    points = rng.uniform(0, 64, (20, 2, 2))
+    visible = rng.uniform(size=(20, 2)) > 0.3
+    labels = np.repeat([0, 1, 2, 3], 5)
+    shuffled, seen = evaluation.shuffle_landmarks(
+        points, visible, labels=labels, seed=3
+    )
+    again = evaluation.shuffle_landmarks(points, visible, labels=labels, seed=3)
+    np.testing.assert_array_equal(again[0], shuffled)
+    assert not np.array_equal(shuffled, points)
+    for i in range(20):
+        # Image i now has the points and visibility of one image j of its
+        # own category.
+        matches = [
+            j
+            for j in range(20)
+            if labels[j] == labels[i]
+            and np.array_equal(points[j], shuffled[i])
+            and np.array_equal(visible[j], seen[i])
+        ]
+        assert matches
+    np.testing.assert_array_equal(
+        np.sort(shuffled.reshape(20, -1), axis=0),
+        np.sort(points.reshape(20, -1), axis=0),
+    )
+
+
+def test_dead_map_fractions_by_hand():
+    value = np.array([[0.0, 2.0, -1.0], [0.0, -3.0, 0.0], [1.0, 0.0, 0.0]])
+    dead = evaluation.dead_map_fractions(value)
+    # 7 of 9 maps are <= 0; filter 2 is dead on every image.
+    assert dead == evaluation.DeadMaps(
+        map_fraction=7 / 9, filter_fraction=1 / 3
+    )
+    with pytest.raises(ValueError, match="`peak_value` must have shape"):
+        evaluation.dead_map_fractions(np.zeros((0, 3)))
+
+
+def test_non_finite_inputs_are_refused():
+    maps = np.ones((2, 3, 3, 2))
+    maps[1, 0, 0, 1] = np.nan
+    with pytest.raises(
+        ValueError, match="`feature_maps` must be finite.*1 NaN"
+    ):
+        evaluation.peaks_from_maps(maps)
+    index = np.zeros((2, 1, 2), int)
+    value = np.array([[1.0], [np.inf]])
+    with pytest.raises(
+        ValueError, match="`peak_value` must be finite.*1 infinite"
+    ):
+        evaluation.location_instability(
+            index,
+            value,
+            np.zeros((2, 1, 2)),
+            np.ones((2, 1), bool),
+            image_size=224,
+            receptive_field=RF16,
+        )
+    with pytest.raises(ValueError, match="`peak_value` must be finite"):
+        evaluation.dead_map_fractions(value)
+    with pytest.raises(ValueError, match="`maps` must be finite.*diverged"):
+        evaluation.part_interpretability(
+            maps, np.zeros((2, 12, 12), "uint8"), RF4, quantile=0.25
+        )
+
+
+def test_location_instability_report_errors():
+    index = np.zeros((3, 1, 2), int)
+    args = (index, np.ones((3, 1)), np.zeros((3, 1, 2)), np.ones((3, 1), bool))
+    kwargs = dict(image_size=224, receptive_field=RF16)
+    with pytest.raises(ValueError, match="`map_shape` must be.*None"):
+        evaluation.location_instability_report(*args, map_shape=None, **kwargs)
+    with pytest.raises(ValueError, match="cells outside the map of shape"):
+        evaluation.location_instability_report(
+            np.full((3, 1, 2), 5), *args[1:], map_shape=(3, 3), **kwargs
         )
 
 
@@ -808,6 +1236,24 @@ def test_part_interpretability_multi_category():
     np.testing.assert_allclose(per_filter, [0.5, 0.5])
 
 
+def test_part_interpretability_too_few_cells_is_nan_with_reason():
+    # 4 images x 2 x 2 cells = 16 < 1 / 0.005: T_f leaves floor(0.08) = 0
+    # cells above it, so every filter would score 0 (before: 0.0, no
+    # reason). It is undefined instead, and the warning says why.
+    maps, masks = hand_part_case()
+    with pytest.warns(RuntimeWarning, match="too few map cells: 16 per"):
+        score, per_filter, per_part = evaluation.part_interpretability(
+            maps, masks, RF4, return_per_filter=True
+        )
+    assert math.isnan(score)
+    assert per_filter.shape == (2,) and np.isnan(per_filter).all()
+    assert per_part.shape == (2, 2)
+    assert evaluation.too_few_cells_reason(199) is not None
+    assert evaluation.too_few_cells_reason(200) is None
+    assert "at least 4 cells" in evaluation.too_few_cells_reason(3, 0.25)
+    assert evaluation.too_few_cells_reason(16, 0.25) is None
+
+
 def brute_force_ious(maps, masks, thresholds, rf, radii, part_ids):
     """Full-resolution union of discs, IoU per (image, filter, part)."""
     n, h, w, f = maps.shape
@@ -915,7 +1361,7 @@ def test_part_interpretability_errors():
         evaluation.part_interpretability(maps[0], masks, RF4)
     with pytest.warns(RuntimeWarning, match="no image contains any"):
         score = evaluation.part_interpretability(
-            maps, np.zeros_like(masks), RF4, part_ids=[1]
+            maps, np.zeros_like(masks), RF4, part_ids=[1], quantile=0.25
         )
     assert math.isnan(score)
 

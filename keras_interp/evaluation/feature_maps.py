@@ -139,6 +139,36 @@ def iterate_batches(dataset: Any) -> Iterator[dict]:
     return iter(dataset)
 
 
+def check_finite(array: Any, name: str, fix: str) -> np.ndarray:
+    """`array` as numpy; a `ValueError` naming `name` if any value is NaN/inf.
+
+    A diverged model (e.g. NaN weights) gives NaN maps and logits, whose
+    argmax is an arbitrary cell or class: every metric computed from them
+    would look plausible and mean nothing, so they are refused.
+
+    Args:
+        array: the values to check.
+        name: what they are, for the message (e.g. "`feature_maps`").
+        fix: what to do about it, appended to the message.
+
+    Returns:
+        `array` as a numpy array.
+
+    Raises:
+        ValueError: if `array` holds a NaN or an infinity.
+    """
+    array = np.asarray(array)
+    finite = np.isfinite(array)
+    if not finite.all():
+        nan = int(np.isnan(array).sum())
+        raise ValueError(
+            f"{name} must be finite, but {array.size - int(finite.sum())} of "
+            f"its {array.size} values are not ({nan} NaN, "
+            f"{array.size - int(finite.sum()) - nan} infinite). {fix}"
+        )
+    return array
+
+
 def to_channels_last(maps: np.ndarray, layer_data_format: str) -> np.ndarray:
     if layer_data_format == "channels_first":
         return np.moveaxis(maps, 1, -1)

@@ -13,6 +13,10 @@ no code for it):
 4. `P_{f,k}` = fraction of the images containing part `k` with
    `IoU > 0.2`; `P_f = max_k P_{f,k}`; the score is the mean of `P_f`.
 
+With fewer than `1 / 0.005 = 200` map cells per filter in all (`N h w`),
+step 1 leaves no cell above `T_f`, so every filter would score 0 whatever
+it detects: the score is then undefined (NaN, `too_few_cells_reason`).
+
 The paper does not give the disc radius. The default, `radius="cell"`, is
 half the diagonal of one cell (`stride / sqrt(2)`), the smallest disc that
 leaves no gap when every cell fires, close to what Network Dissection's
@@ -47,6 +51,10 @@ BACKGROUND_ID = 0
 _EPSILON = 1e-9
 # Upper bound on the float32 elements of one sliding-window block.
 _CHUNK_ELEMENTS = 1 << 23
+_DIVERGED = (
+    "Non-finite maps come from a diverged model (NaN or infinite weights); "
+    "evaluate a model with finite weights."
+)
 
 
 def _check_quantile(quantile: Any) -> float:
@@ -66,6 +74,40 @@ def _check_quantile(quantile: Any) -> float:
 def _num_above(quantile: float, count: int) -> int:
     """m = floor(q n): how many values may lie strictly above `T_f`."""
     return int(math.floor(quantile * count + _EPSILON))
+
+
+def too_few_cells_reason(
+    num_cells: int, quantile: float = DEFAULT_QUANTILE
+) -> Any:
+    """Why part interpretability is undefined for `num_cells`, or None.
+
+    `T_f` leaves `m = floor(quantile * N h w)` activations of each filter
+    above it. With `m = 0` (fewer than `1 / quantile` map cells in all,
+    e.g. 200 at the paper's 0.005) no cell is ever active: every filter
+    would score 0 whatever it detects, so the metric is undefined.
+
+    Args:
+        num_cells: `N h w`, the map cells of one filter over the images.
+        quantile: as in `part_interpretability`.
+
+    Returns:
+        A reason (str) when `m = 0`, else None.
+
+    Example:
+
+    >>> too_few_cells_reason(200) is None  # 12 x 4 x 4 = 192 would be too few
+    True
+    """
+    quantile = _check_quantile(quantile)
+    if _num_above(quantile, num_cells) >= 1:
+        return None
+    needed = math.ceil((1.0 - _EPSILON) / quantile)
+    return (
+        f"too few map cells: {num_cells} per filter, and the top "
+        f"{quantile:g} of {num_cells} activations is 0 cells, so no cell can "
+        f"exceed the threshold T_f; use at least {needed} cells (more "
+        "images, a larger image size, or a larger quantile)"
+    )
 
 
 class _TopValues:
@@ -103,7 +145,7 @@ def _maps4(maps: Any, name: str = "maps") -> np.ndarray:
             f"`{name}` must have shape (num_images, height, width, filters). "
             f"Received shape {maps.shape}."
         )
-    return maps
+    return probes.check_finite(maps, f"`{name}`", _DIVERGED)
 
 
 def activation_thresholds(
@@ -123,7 +165,8 @@ def activation_thresholds(
         `(F,)` thresholds.
 
     Raises:
-        ValueError: for a non rank-4 `maps` or `quantile` outside (0, 1).
+        ValueError: for a non rank-4 or non-finite `maps`, or `quantile`
+            outside (0, 1).
 
     Example:
 
@@ -317,6 +360,22 @@ class _Tally:
         return score
 
 
+def _undefined(reason, filters, parts, return_per_filter):
+    """NaN results, with a warning giving `reason`."""
+    warnings.warn(
+        f"part_interpretability: {reason}; returning NaN.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    if return_per_filter:
+        return (
+            float("nan"),
+            np.full(filters, np.nan),
+            np.full((filters, parts), np.nan),
+        )
+    return float("nan")
+
+
 def _check_masks(part_masks, maps) -> np.ndarray:
     masks = np.asarray(part_masks)
     if masks.ndim != 3 or masks.shape[0] != maps.shape[0]:
@@ -386,10 +445,14 @@ def part_interpretability(
         batch_size: images per vectorised block (memory only).
 
     Returns:
-        The mean of `P_f` (float), or `(score, per_filter, per_part)`.
+        The mean of `P_f` (float), or `(score, per_filter, per_part)`; NaN,
+        with a warning giving the reason, when no image contains a part or
+        when the maps have fewer than `1 / quantile` cells in all
+        (`too_few_cells_reason`: no cell could exceed `T_f`).
 
     Raises:
-        ValueError: for inconsistent shapes or bad arguments.
+        ValueError: for inconsistent shapes, non-finite maps or bad
+            arguments.
 
     Example:
 
@@ -404,7 +467,11 @@ def part_interpretability(
     rf = check_receptive_field(receptive_field)
     quantile = _check_quantile(quantile)
     ids = _part_ids(part_ids, masks)
-    n, _, _, filters = maps.shape
+    _radii(rf, radius)  # Validated before any early return.
+    n, h, w, filters = maps.shape
+    reason = too_few_cells_reason(n * h * w, quantile)
+    if reason is not None:
+        return _undefined(reason, filters, len(ids), return_per_filter)
     thresholds = activation_thresholds(maps, quantile=quantile)
     category = _categories(labels, maps.sum(axis=(1, 2)), n)
     regions = _Regions(rf, masks.shape[1:], maps.shape[1:3], radius)
@@ -483,11 +550,13 @@ def collect_part_interpretability(
             with `receptive_field(model, layer_name)`.
 
     Returns:
-        As `part_interpretability`.
+        As `part_interpretability` (NaN, with the reason in a warning, when
+        it is undefined).
 
     Raises:
         ValueError: for a one-shot iterator, missing keys, an empty
-            dataset, or the errors of `part_interpretability`.
+            dataset, non-finite maps, or the errors of
+            `part_interpretability`.
     """
     from keras_interp.evaluation.receptive_field import (
         receptive_field as compute_rf,
@@ -504,6 +573,7 @@ def collect_part_interpretability(
         if receptive_field is not None
         else compute_rf(model, layer_name)
     )
+    _radii(rf, radius)  # Validated before any early return.
     probe = probes.feature_map_model(model, layer_name, map)
     data_format = probes.layer_data_format(model, layer_name)
 
@@ -520,6 +590,7 @@ def collect_part_interpretability(
             images = np.asarray(batch[image_key])
             inputs = images if preprocess is None else preprocess(images)
             maps = np.asarray(probe.predict_on_batch(inputs))
+            maps = probes.check_finite(maps, "The feature maps", _DIVERGED)
             yield batch, probes.to_channels_last(maps, data_format)
 
     if num_images is None:
@@ -546,6 +617,10 @@ def collect_part_interpretability(
         ids = np.array(sorted(seen_ids - {BACKGROUND_ID}))
     else:
         ids = _part_ids(part_ids, None)
+    cells = num_images * map_shape[0] * map_shape[1]
+    reason = too_few_cells_reason(cells, quantile)
+    if reason is not None:
+        return _undefined(reason, len(thresholds), len(ids), return_per_filter)
     assigned = None
     if label_key:
         labels = np.concatenate(label_values)
