@@ -52,6 +52,23 @@ def test_loss_matches_the_tensorflow_backend(jax_results):
     )
 
 
+def test_default_loss_is_scale_free_on_jax(jax_results):
+    np.testing.assert_allclose(
+        jax_results["mi_scaled"], jax_results["mi"], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        jax_results["layer_loss_scaled"], jax_results["layer_loss"], rtol=1e-5
+    )
+    grad = np.array(jax_results["mi_grad"])
+    assert np.max(np.abs(grad)) > 1e-4
+    np.testing.assert_allclose(
+        37.0 * np.array(jax_results["mi_grad_scaled"]),
+        grad,
+        rtol=1e-3,
+        atol=1e-4 * np.max(np.abs(grad)),
+    )
+
+
 def test_builder_model_trains_on_jax(jax_results):
     assert all(np.isfinite(jax_results["fit_loss"]))
     assert jax_results["predict_shape"] == [16, 2]

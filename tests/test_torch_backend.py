@@ -63,6 +63,18 @@ def test_authors_custom_gradient_on_torch(torch_results):
     )
 
 
+@pytest.mark.parametrize("name", ["authors_grad", "exact_grad"])
+def test_default_loss_is_scale_free_on_torch(torch_results, name):
+    grad = np.array(torch_results[name])
+    assert np.max(np.abs(grad)) > 0
+    np.testing.assert_allclose(
+        5.0 * np.array(torch_results[f"{name}_scaled"]),
+        grad,
+        rtol=1e-3,
+        atol=1e-4 * np.max(np.abs(grad)),
+    )
+
+
 def test_builder_model_trains_on_torch(torch_results):
     logs = torch_results["fit_logs"]
     assert all(np.isfinite(logs["loss"]))

@@ -38,6 +38,20 @@ def main(out):
     results["mi"] = ops.convert_to_numpy(
         keras_interp.mutual_information(x, tau=0.2)
     ).tolist()
+    # The default loss is scale-free: the same value for 37 x, and a
+    # gradient 37 times smaller.
+    results["layer_loss_scaled"] = layer_loss(x * 37.0, labels)
+    results["mi_scaled"] = ops.convert_to_numpy(
+        keras_interp.mutual_information(x * 37.0, tau=0.2)
+    ).tolist()
+
+    def total_mi(v):
+        return jax.numpy.sum(keras_interp.mutual_information(v))
+
+    results["mi_grad"] = np.asarray(jax.grad(total_mi)(x)).tolist()
+    results["mi_grad_scaled"] = np.asarray(
+        jax.grad(total_mi)(x * 37.0)
+    ).tolist()
 
     # A builder model trains with fit (jit) and the filter loss decreases.
     built = keras_interp.models.build_part_classifier(

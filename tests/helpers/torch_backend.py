@@ -29,11 +29,20 @@ def main(out):
     results["layer_loss"] = float(ops.convert_to_numpy(layer.losses[0]))
 
     # The authors' surrogate reaches the input through the custom gradient.
-    authors = keras_interp.InterpretableMask(loss="authors", center="centroid")
-    inputs = torch.tensor(x + 0.01, requires_grad=True)
-    authors(inputs, training=True)
-    authors.losses[0].backward()
-    results["authors_grad"] = inputs.grad.numpy().tolist()
+    def layer_gradient(scale, **kwargs):
+        layer = keras_interp.InterpretableMask(**kwargs)
+        inputs = torch.tensor((x + 0.01) * scale, requires_grad=True)
+        layer(inputs, training=True)
+        layer.losses[0].backward()
+        return inputs.grad.numpy().tolist()
+
+    authors = dict(loss="authors", center="centroid")
+    results["authors_grad"] = layer_gradient(1.0, **authors)
+    # The default loss is scale-free: for 5 x the gradient is 5 times
+    # smaller, for both the exact loss and the authors' surrogate.
+    results["authors_grad_scaled"] = layer_gradient(5.0, **authors)
+    results["exact_grad"] = layer_gradient(1.0)
+    results["exact_grad_scaled"] = layer_gradient(5.0)
 
     built = keras_interp.models.build_part_classifier(
         "tiny_vgg", num_classes=2, image_size=32, filters=8, loss_weight=1.0
