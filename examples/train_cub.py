@@ -143,7 +143,12 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "logdir", None, "TensorBoard dir; default <model_dir>/logs."
 )
-flags.DEFINE_bool("resume", _D.resume, "Resume from <model_dir> if possible.")
+flags.DEFINE_bool(
+    "resume",
+    _D.resume,
+    "Resume from <model_dir>/backup; a finished run is reported, not "
+    "redone. --noresume discards the backup and trains from scratch.",
+)
 flags.DEFINE_list(
     "parts",
     None,

@@ -86,14 +86,16 @@ class StopOnNonFinite(keras.callbacks.Callback):
         bad = _non_finite(logs)
         if bad:
             raise NonFiniteLossError(
-                self._message(bad, f"epoch {self._epoch + 1}, step {batch + 1}")
+                self._message(
+                    bad, f"epoch {self._epoch + 1}, step {batch + 1}", logs
+                )
             )
 
     def on_epoch_end(self, epoch, logs=None):
         where = f"the end of epoch {epoch + 1}"
         bad = _non_finite(logs)
         if bad:
-            raise NonFiniteLossError(self._message(bad, where))
+            raise NonFiniteLossError(self._message(bad, where, logs))
         layers = sorted(
             {
                 v.path.rsplit("/", 1)[0]
@@ -105,7 +107,8 @@ class StopOnNonFinite(keras.callbacks.Callback):
             raise NonFiniteLossError(
                 f"Training diverged at {where}: the last update made the "
                 f"weights of {layers} non-finite (the logged losses were "
-                f"still finite). {self._weights_text()}"
+                f"still finite). {self._weights_text()} Lower the learning "
+                "rate or the filter-loss weights, and check the inputs."
                 + (f" {self.hint}" if self.hint else "")
             )
 
@@ -125,7 +128,7 @@ class StopOnNonFinite(keras.callbacks.Callback):
         )
         return f"Filter-loss weights in use: {weights or 'none (loss=None)'}."
 
-    def _message(self, bad, where):
+    def _message(self, bad, where, logs):
         filter_terms = {
             f"{layer.name}_filter_loss": layer
             for layer in interpretable_layers(self.model)
@@ -144,11 +147,21 @@ class StopOnNonFinite(keras.callbacks.Callback):
                 "(--loss_weight) or the learning rate."
             )
         elif "loss" in bad:
-            culprit = (
-                "every filter loss is finite, so the non-finite term is the "
-                "task loss (or another `add_loss` term)"
+            finite = ", ".join(
+                f"{name}={float(logs[name]):.4g}"
+                for name in filter_terms
+                if name in logs
             )
-            advice = "Lower the learning rate or check the inputs and labels."
+            culprit = (
+                f"every filter loss is finite ({finite or 'none logged'}), "
+                "so the non-finite term is the task loss (or another "
+                "`add_loss` term)"
+            )
+            advice = (
+                "Lower the learning rate or the filter-loss weights (their "
+                "gradients also reach the weights the task loss uses), and "
+                "check the inputs and labels."
+            )
         else:
             culprit = "these logged values are non-finite"
             advice = "Lower the learning rate."

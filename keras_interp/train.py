@@ -8,12 +8,21 @@ trains it under the chosen `tf.distribute` strategy with TensorBoard logging
 and epoch checkpoints it can resume from, then reports accuracy, the filter
 loss and location instability, and saves the image-only model as `.keras`.
 
+Safety: training stops with `callbacks.NonFiniteLossError` when a loss term
+turns non-finite (no model is saved); a rerun never replaces a trained
+model with an untrained one (a finished run is reported, and a run killed
+after training is evaluated on its backed-up weights); `model.keras` and
+`results.json` are renamed into place, `results.json` last.
+
 TensorFlow backend only (tf.data, tf.distribute, tf.summary).
 """
 
 import dataclasses
 import json
+import math
 import os
+import shlex
+import shutil
 import time
 from typing import Optional
 from typing import Sequence
@@ -24,19 +33,24 @@ import numpy as np
 from keras_interp import callbacks as callbacks_lib
 from keras_interp import data as data_lib
 from keras_interp import diagnostics
-from keras_interp import evaluate as evaluate_lib
 from keras_interp import models
 from keras_interp import training
-from keras_interp.evaluation import CUB_EVAL_PARTS  # noqa: F401 (re-export)
-from keras_interp.evaluation import TOP_K  # noqa: F401 (re-export)
-from keras_interp.evaluation import landmark_ids
 
 TASKS = ("multi", "single")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "cosine", "paper")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
-# `CUB_EVAL_PARTS` and `TOP_K` are defined once in `keras_interp.evaluation`
-# (imported above) and re-exported here for compatibility.
+# The authors' CUB landmarks (`showResults.m`, part ids 1, 6, 14): back,
+# forehead (standing in for the head) and tail (docs/method_notes.md).
+CUB_EVAL_PARTS = ("back", "forehead", "tail")
+# Paper §5.2.2: the top-100 images per filter and landmark.
+TOP_K = 100
+MODEL_FILE = "model.keras"
+RESULTS_FILE = "results.json"
+BACKUP_WEIGHTS_FILE = "latest.weights.h5"  # keras.callbacks.BackupAndRestore
+# Settings that do not change what a run computes: a rerun that differs
+# only in these (e.g. a run folder that was moved) finds its results.
+_PRESENTATION_SETTINGS = ("verbose", "resume", "model_dir", "logdir")
 # The authors' single-category schedule: lr falls 10x, log-linearly, over the
 # first 10 epochs, then stays (`network_init.m`: logspace(-4, -5, 10)).
 PAPER_DECAY_EPOCHS = 10
@@ -90,7 +104,11 @@ class TrainConfig:
         model_dir: where checkpoints, the final `model.keras` and
             `results.json` go.
         logdir: TensorBoard directory; default `<model_dir>/logs`.
-        resume: continue from the checkpoint in `model_dir`, if any.
+        resume: continue from the backup in `<model_dir>/backup`, if any.
+            A run that already finished with the same settings is
+            reported, not redone; one whose training finished but whose
+            evaluation did not is evaluated on the backup's weights.
+            False: discard the backup and train from scratch.
         parts: landmark names for location instability; default: the
             authors' back/forehead/tail when present, else every part.
         eval_map: `"masked"` (paper) or `"raw"` (authors' code).
@@ -334,12 +352,15 @@ class _SeedStateBackup(keras.callbacks.Callback):
         return os.path.join(self.backup_dir, f"seed_states_{epoch}.npz")
 
     def on_train_begin(self, logs=None):
-        if self.initial_epoch and os.path.isfile(
-            self._path(self.initial_epoch)
-        ):
-            saved = np.load(self._path(self.initial_epoch))
-            for i, variable in enumerate(self._states()):
-                variable.assign(saved[f"s{i}"])
+        path = self._path(self.initial_epoch)
+        if self.initial_epoch and os.path.isfile(path):
+            try:
+                with np.load(path) as saved:
+                    states = [saved[f"s{i}"] for i in range(len(saved.files))]
+            except (OSError, ValueError, KeyError) as error:
+                raise _backup_error(path, self.backup_dir, error) from error
+            for variable, state in zip(self._states(), states):
+                variable.assign(state)
 
     def on_epoch_end(self, epoch, logs=None):
         os.makedirs(self.backup_dir, exist_ok=True)
@@ -349,24 +370,129 @@ class _SeedStateBackup(keras.callbacks.Callback):
         )
 
 
+class _BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` whose restore errors name the file and the fix.
+
+    A backup truncated by a kill mid-write (or written by another model)
+    otherwise fails with h5py's bare `OSError`, which names no file.
+    """
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError, KeyError) as error:
+            raise _backup_error(
+                self._weights_path, self.backup_dir, error
+            ) from error
+
+
+def _backup_error(path, backup_dir, error):
+    return ValueError(
+        f"Cannot resume from the training backup {path!r}: "
+        f"{type(error).__name__}: {error}. The file is truncated or corrupt "
+        "(e.g. the run was killed while writing it), or was written by a "
+        "model with other settings. Start over with `--noresume` "
+        "(`TrainConfig(resume=False)`), which discards the backup, or "
+        f"delete {backup_dir!r}."
+    )
+
+
 def _resume_epoch(backup_dir):
+    """The number of epochs the backup in `backup_dir` holds (0: none)."""
     path = os.path.join(backup_dir, "training_metadata.json")
     if not os.path.isfile(path):
         return 0
-    with open(path) as f:
-        return int(json.load(f)["epoch"])
+    try:
+        with open(path) as f:
+            return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise _backup_error(path, backup_dir, error) from error
+
+
+def _restore_backup(model, backup_dir):
+    """Loads the backup's weights (and optimizer state) into `model`."""
+    path = os.path.join(backup_dir, BACKUP_WEIGHTS_FILE)
+    try:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path!r} is missing")
+        model.load_weights(path)
+    except (OSError, ValueError, KeyError) as error:
+        raise _backup_error(path, backup_dir, error) from error
+
+
+def _comparable(config):
+    """A config dict as JSON would round-trip it, without presentation."""
+    config = {
+        k: v for k, v in dict(config).items() if k not in _PRESENTATION_SETTINGS
+    }
+    return json.loads(json.dumps(config, default=str))
+
+
+def _finished_results(config):
+    """The saved results of this very run if it already finished, else None.
+
+    A run is finished when `model.keras` and `results.json` (written last)
+    exist and the results were produced with the same settings.
+    """
+    model_path = os.path.join(config.model_dir, MODEL_FILE)
+    results_path = os.path.join(config.model_dir, RESULTS_FILE)
+    if not (os.path.isfile(model_path) and os.path.isfile(results_path)):
+        return None
+    try:
+        with open(results_path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None  # Half-written: evaluate again.
+    if not isinstance(saved, dict) or "config" not in saved:
+        return None
+    if _comparable(saved["config"]) != _comparable(dataclasses.asdict(config)):
+        return None
+    return saved
+
+
+def _check_labels(index, num_classes):
+    """Refuses class labels outside [0, num_classes) before any training.
+
+    Out-of-range ids would become all-zero one-hot rows in the filter loss
+    and a silently wrong cross-entropy, so they are caught here.
+    """
+    labels = np.asarray(index.labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"The class labels of {index.data_dir!r} must be integers. "
+            f"Received dtype {labels.dtype}."
+        )
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise ValueError(
+            f"The class labels of {index.data_dir!r} must lie in "
+            f"[0, {num_classes}) (class ids 1..{num_classes} of classes.txt). "
+            f"Received label {int(labels[first])} for image id "
+            f"{int(index.image_ids[first])} ({index.image_paths[first]}), "
+            f"and {int(bad.sum())} out-of-range label(s) in all."
+        )
 
 
 def _eval_parts(index, names):
     """Indices of the landmarks used for location instability."""
     if index is None or not index.has_parts:
         return None
-    return landmark_ids(index.part_names, names)
+    available = [str(n) for n in index.part_names]
+    if names:
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise ValueError(
+                f"`parts` {missing} are not landmarks of this dataset. "
+                f"Available: {available}."
+            )
+        return [available.index(n) for n in names]
+    if all(n in available for n in CUB_EVAL_PARTS):
+        return [available.index(n) for n in CUB_EVAL_PARTS]
+    return list(range(len(available)))
 
 
-def evaluate_model(
-    model, dataset, *, parts=None, eval_map="masked", part_names=None
-):
+def evaluate_model(model, dataset, *, parts=None, eval_map="masked"):
     """Accuracy, and location instability of the "part_conv" filters.
 
     A thin view of `keras_interp.evaluate.evaluate_dataset`, the one
@@ -379,25 +505,96 @@ def evaluate_model(
             instability, `parts` and `part_visible`.
         parts: landmark indices to evaluate, or None to skip instability.
         eval_map: `"masked"` or `"raw"` (see `evaluation.collect_peaks`).
-        part_names: the dataset's landmark names in part-id order, to name
-            the per-landmark entries (default `part_<k>`).
 
     Returns:
-        `keras_interp.evaluate.training_results(summary)`: `accuracy`,
-        `num_images`, `location_instability` (NaN if it could not be
-        computed) with its `location_instability_reason` (None when
-        computed), its reference values, per-landmark values and top-k
-        counts, `num_filters_evaluated` and `dead_maps`.
+        A dict with `accuracy`, `num_images` and, with parts,
+        `location_instability` (NaN if it could not be computed) and
+        `num_filters_evaluated`; plus `<metric>_reason` for each returned
+        metric the evaluator gave a reason for (why it is undefined).
     """
+    # Imported here: keras_interp.evaluate imports this module.
+    from keras_interp import evaluate as evaluate_lib
+
     summary = evaluate_lib.evaluate_dataset(
-        model,
-        dataset,
-        parts=parts,
-        part_names=part_names,
-        layer=models.PART_CONV,
-        map=eval_map,
+        model, dataset, parts=parts, layer=models.PART_CONV, map=eval_map
     )
-    return evaluate_lib.training_results(summary)
+    counts = summary["counts"]
+    results = {
+        "accuracy": summary["accuracy"],
+        "num_images": counts["num_images"],
+    }
+    if parts is not None:
+        value = summary["location_instability"]
+        results["location_instability"] = (
+            float("nan") if value is None else value
+        )
+        results["num_filters_evaluated"] = counts["num_filters_evaluated"]
+    reasons = _reasons(summary)
+    for metric in ("accuracy", "location_instability"):
+        if metric in results and reasons.get(metric):
+            results[f"{metric}_reason"] = reasons[metric]
+    return results
+
+
+def _reasons(summary):
+    """{metric: reason} from an evaluation summary.
+
+    Accepts both shapes: flat `<metric>_reason` entries and a `reasons`
+    dict.
+    """
+    reasons = {
+        key[: -len("_reason")]: value
+        for key, value in summary.items()
+        if key.endswith("_reason") and value
+    }
+    if isinstance(summary.get("reasons"), dict):
+        reasons.update({k: v for k, v in summary["reasons"].items() if v})
+    return reasons
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _print_summary(results, model_dir, logdir):
+    """The one-line results, the reasons, and where everything is."""
+    summary = {
+        key: results[key]
+        for key in ("accuracy", "location_instability", "num_images")
+        if key in results
+    }
+    summary.update(
+        {
+            key: value
+            for key, value in results.get("final_train_logs", {}).items()
+            if key.endswith("filter_loss")
+        }
+    )
+    print("results: " + json.dumps(summary))
+    for key, value in sorted(results.items()):
+        if not key.endswith("_reason") or not value:
+            continue
+        metric = key[: -len("_reason")]
+        if isinstance(value, dict):  # Per landmark.
+            for name, reason in value.items():
+                if reason:
+                    print(f"  {metric}[{name}]: not computed: {reason}")
+        elif _is_number(results.get(metric)):
+            print(f"  {metric}: {value}")
+        else:
+            print(f"  {metric}: not computed: {value}")
+    model_path = os.path.join(model_dir, MODEL_FILE)
+    print(f"model:   {os.path.abspath(model_path)}")
+    print(f"results: {os.path.abspath(os.path.join(model_dir, RESULTS_FILE))}")
+    print(f"logs:    {os.path.abspath(logdir)}")
+    print(f"view the logs with: tensorboard --logdir {shlex.quote(logdir)}")
+
+
+def _save_atomically(write, path, suffix):
+    """Writes via `write(tmp)` then renames: a kill leaves no torn file."""
+    partial = path[: -len(suffix)] + ".partial" + suffix
+    write(partial)
+    os.replace(partial, path)
 
 
 def train_and_evaluate(config: TrainConfig) -> dict:
@@ -413,6 +610,18 @@ def train_and_evaluate(config: TrainConfig) -> dict:
     """
     config.validate()
     start = time.perf_counter()
+    logdir = config.logdir or os.path.join(config.model_dir, "logs")
+    if config.resume:
+        finished = _finished_results(config)
+        if finished is not None:
+            print(
+                f"run complete: {config.model_dir} already holds the model "
+                f"and results of these settings ({config.epochs} epochs); "
+                "nothing to do. Pass --noresume (resume=False) to train "
+                "again, or another --model_dir."
+            )
+            _print_summary(finished, config.model_dir, logdir)
+            return finished
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.config.set_dtype_policy(config.mixed_precision)
@@ -423,6 +632,7 @@ def train_and_evaluate(config: TrainConfig) -> dict:
         num_classes = 200  # caltech_birds2011
         sizes = {"train": "tfds", "test": "tfds"}
     else:
+        _check_labels(index, index.num_classes)
         num_classes = 2 if config.task == "single" else index.num_classes
         sizes = {
             split: data_lib.dataset_sizes(
@@ -469,17 +679,41 @@ def train_and_evaluate(config: TrainConfig) -> dict:
         f"{config.mixed_precision or 'float32'}"
     )
     os.makedirs(config.model_dir, exist_ok=True)
-    logdir = config.logdir or os.path.join(config.model_dir, "logs")
     backup_dir = os.path.join(config.model_dir, "backup")
-    initial_epoch = _resume_epoch(backup_dir) if config.resume else 0
+    checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
+    if not config.resume:
+        for folder in (backup_dir, checkpoint_dir):
+            if os.path.isdir(folder):
+                print(f"--noresume: discarding the old backup {folder}")
+                shutil.rmtree(folder, ignore_errors=True)
+    initial_epoch = 0
+    if config.strategy != "multi_worker":
+        initial_epoch = _resume_epoch(backup_dir)
+    if initial_epoch > config.epochs:
+        raise ValueError(
+            f"The backup in {backup_dir!r} holds {initial_epoch} epochs, "
+            f"more than `epochs`={config.epochs}. Pass epochs>="
+            f"{initial_epoch} to continue it, `--noresume` to start over, "
+            "or another `model_dir`."
+        )
     if initial_epoch:
         print(f"resuming from the end of epoch {initial_epoch}")
     probe = next(
         iter(_dataset(config, source, "test", training=False, parts=False))
     )["image"][:4]
     callbacks = [
+        # First: it must raise before a checkpoint saves diverged weights.
+        callbacks_lib.StopOnNonFinite(
+            hint=(
+                f"Settings: loss_weight={config.loss_weight} (None: the "
+                f"layer default), learning_rate={config.learning_rate}, "
+                f"batch_size={config.batch_size}. No model was saved; "
+                "rerun with other settings and --noresume."
+            )
+        ),
         callbacks_lib.FilterLossEpoch(),
-        keras.callbacks.TensorBoard(
+        # Before the logger: it keeps epoch-end summaries recorded.
+        callbacks_lib.TensorBoard(
             logdir, update_freq=max(1, steps // 4), write_graph=False
         ),
         callbacks_lib.InterpretabilityLogger(
@@ -515,20 +749,27 @@ def train_and_evaluate(config: TrainConfig) -> dict:
             epochs=config.epochs,
             steps_per_epoch=steps,
             callbacks=callbacks,
-            checkpoint_dir=os.path.join(config.model_dir, "checkpoints"),
+            checkpoint_dir=checkpoint_dir,
             verbose=config.verbose,
         ).history
-    elif initial_epoch < config.epochs:
+    elif initial_epoch == config.epochs:
+        # Finished training, unfinished evaluation (e.g. killed during it,
+        # or results.json deleted): evaluate the trained weights.
+        with strategy.scope():
+            built.training.compile(optimizer, loss=loss, metrics=["accuracy"])
+            optimizer.build(built.training.trainable_variables)
+        print(
+            f"training already finished ({initial_epoch} epochs): restoring "
+            f"the trained weights from {backup_dir} to evaluate them"
+        )
+        _restore_backup(built.training, backup_dir)
+    else:
         with strategy.scope():
             built.training.compile(optimizer, loss=loss, metrics=["accuracy"])
             optimizer.build(built.training.trainable_variables)
         # Seed states are written before the backup marks the epoch done.
         callbacks.append(_SeedStateBackup(backup_dir, initial_epoch))
-        callbacks.append(
-            keras.callbacks.BackupAndRestore(
-                backup_dir, delete_checkpoint=False
-            )
-        )
+        callbacks.append(_BackupAndRestore(backup_dir, delete_checkpoint=False))
         stream = _training_stream(config, source, initial_epoch, steps)
         history = built.training.fit(
             stream,
@@ -547,36 +788,22 @@ def train_and_evaluate(config: TrainConfig) -> dict:
     }
     results.update(
         evaluate_model(
-            built.inference,
-            test,
-            parts=parts,
-            eval_map=config.eval_map,
-            part_names=None if index is None else list(index.part_names),
+            built.inference, test, parts=parts, eval_map=config.eval_map
         )
     )
-    path = os.path.join(config.model_dir, "model.keras")
-    built.inference.save(path)
-    results["model_path"] = path
+    # model.keras first, results.json last: results.json marks the run
+    # finished (see `_finished_results`); both are renamed into place.
+    model_path = os.path.join(config.model_dir, MODEL_FILE)
+    results_path = os.path.join(config.model_dir, RESULTS_FILE)
+    _save_atomically(built.inference.save, model_path, ".keras")
+    results["model_path"] = model_path
+    results["logdir"] = logdir
     results["seconds"] = round(time.perf_counter() - start, 1)
-    with open(os.path.join(config.model_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    summary = {
-        key: results[key]
-        for key in (
-            "accuracy",
-            "location_instability",
-            "location_instability_fixed_cell",
-            "location_instability_shuffled_landmarks",
-            "num_images",
-        )
-        if key in results
-    }
-    summary.update(
-        {
-            key: value
-            for key, value in results["final_train_logs"].items()
-            if key.endswith("filter_loss")
-        }
-    )
-    print("results: " + json.dumps(summary))
+
+    def write_results(path):
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+
+    _save_atomically(write_results, results_path, ".json")
+    _print_summary(results, config.model_dir, logdir)
     return results

@@ -1,4 +1,4 @@
-"""keras_interp.callbacks: divergence stop, TensorBoard epoch summaries, logger."""
+"""keras_interp.callbacks: divergence stop, TensorBoard epochs, logger."""
 
 import glob
 import math
