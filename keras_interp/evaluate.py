@@ -563,9 +563,10 @@ def evaluate_dataset(
           `drop_dead_maps`, `dead_dropped_fraction` (of the pairs the
           paper's top-k would select, the fraction with a dead map,
           dropped) and `shuffle_seed`;
-        * `dead_maps`: `map_fraction` (of the (image, filter) maps of
-          `layer`, over every image, those with peak <= 0) and
-          `filter_fraction` (filters dead on every image);
+        * `dead_maps`: `map` (the map they are counted on, `map`),
+          `map_fraction` (of the (image, filter) maps of `layer`, over
+          every image, those with peak <= 0) and `filter_fraction`
+          (filters dead on every image);
         * `layer`, `map`, `part_interpretability_map`, `parts`,
           `part_interpretability_parts`, `top_k`, `receptive_field`;
         * `counts`: `num_images`, `num_filters`, `num_filters_evaluated`,
@@ -677,6 +678,7 @@ def evaluate_dataset(
         "location_instability_per_part_reason": stability["per_part_reason"],
         "location_instability_selection": stability["selection"],
         "dead_maps": {
+            "map": map,
             "map_fraction": dead.map_fraction,
             "filter_fraction": dead.filter_fraction,
         },
@@ -794,8 +796,8 @@ def format_summary(summary: dict) -> str:
     top-k: 100 images per filter and landmark, of at most 48 (back),
         ...; on average 47.2 used; 3.1% of the maps it would select were
         dead (peak <= 0) and dropped
-    dead maps: 12.5% of (image, filter) maps, 6.3% of filters on every
-        image
+    dead maps (masked map, peak <= 0): 12.5% of (image, filter) maps,
+        6.3% of filters on every image
     part interpretability: not computed: <reason>
     ```
 
@@ -849,7 +851,8 @@ def format_summary(summary: dict) -> str:
         )
     dead = summary["dead_maps"]
     lines.append(
-        f"dead maps: {dead['map_fraction']:.1%} of (image, filter) maps, "
+        f"dead maps ({dead['map']} map, peak <= 0): "
+        f"{dead['map_fraction']:.1%} of (image, filter) maps, "
         f"{dead['filter_fraction']:.1%} of filters on every image"
     )
     value = summary["part_interpretability"]

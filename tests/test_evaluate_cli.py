@@ -324,7 +324,10 @@ def test_references_dead_maps_and_top_k_counts(test_split):
     assert selection["dead_dropped_fraction"] == pytest.approx(
         report.dead_dropped_fraction
     )
-    assert summary["dead_maps"] == expected["dead"]._asdict()
+    assert summary["dead_maps"] == {
+        "map": "masked",
+        **expected["dead"]._asdict(),
+    }
     assert summary["location_instability_per_part_reason"] == dict.fromkeys(
         PARTS
     )
@@ -628,7 +631,8 @@ def test_cli_prints_the_library_summary(
         digest,
     )
     assert "part interpretability: not computed: too few map cells" in digest
-    assert "dead maps: " in digest and "top-k: 100 images" in digest
+    assert "dead maps (masked map, peak <= 0): " in digest
+    assert "top-k: 100 images" in digest
     # A normal run prints no tf.function retracing warning.
     assert "retracing" not in process.stderr
     assert summary["counts"] == expected["counts"]

@@ -25,7 +25,8 @@ Choices this module makes where the paper is silent (each documented at
   models). A landmark that no category shows twice is left out, not the
   whole filter, so classes with different landmark sets (faces with eyes,
   animals with paws) are scored.
-* **Dead maps.** A map whose peak is `<= 0` is all zero after ReLU: its
+* **Dead maps.** A map whose peak is `<= 0` is blank (all zero after
+  ReLU, or after ReLU and mask for the masked map): its
   "highest cell" is a tie broken by position, not a location. Such
   (image, filter) pairs are dropped from the top-k selection
   (`drop_dead_maps=True`, default; `False` is the paper-literal rule).
@@ -60,7 +61,7 @@ STD_DDOF = 1
 # the paper keeps the category with the lowest deviation, the authors' code
 # (`step_computeStability_multiClass.m`) the highest mean activation.
 CATEGORY_RULES = ("deviation", "activation")
-# A map whose peak is at most this is all <= 0: blank after ReLU ("dead").
+# A map whose peak is at most this is all <= 0: blank ("dead").
 DEAD_PEAK = 0.0
 # Seed of the landmark permutation of the "shuffled landmarks" reference.
 SHUFFLE_SEED = 0
@@ -572,10 +573,12 @@ def location_instability(
     dropped; the result is the mean over the remaining filters.
 
     Dead maps (`drop_dead_maps=True`, default): an (image, filter) pair
-    whose peak is `<= 0` has a map that is all zero after ReLU, so its
-    "highest cell" is a tie broken by position (cell `(0, 0)`), not an
-    inferred location. Such pairs are left out of the top `top_k`, which
-    then holds only live maps (fewer than `top_k` when fewer are live).
+    whose peak is `<= 0` has a blank map (the masked map: all zero after
+    ReLU and mask; the raw map: all zero after ReLU), so its "highest
+    cell" is a tie broken by position (cell `(0, 0)` of the masked map) or
+    the least negative value, not an inferred location. Such pairs are
+    left out of the top `top_k`, which then holds only live maps (fewer
+    than `top_k` when fewer are live).
     `drop_dead_maps=False` is the paper's rule: dead maps rank last and
     enter the top `top_k` when fewer images activate the filter.
 
@@ -791,7 +794,9 @@ def location_instability_report(
       them.) With `labels`, each category is scored apart and the category
       is chosen by `category_rule` as for `D_f` (lowest `D^fix`, or the
       filter's highest-activation category). `fixed_cell` is the mean over
-      the filters that `value` averages.
+      the filters that `value` averages. The cell is chosen on the very
+      images it is scored on, so with few images per filter this
+      reference is optimistic (low): a filter must beat it clearly.
     * **shuffled landmarks** (no relation to the part): the instability of
       the same filters, peaks and rules after `shuffle_landmarks(seed=
       shuffle_seed)` reassigns each image's landmarks to another image (of
@@ -873,7 +878,7 @@ class DeadMaps(NamedTuple):
 
     Attributes:
         map_fraction: fraction of the (image, filter) maps whose peak is
-            `<= 0` (all zero after ReLU).
+            `<= 0` (blank).
         filter_fraction: fraction of the filters dead on every image.
     """
 
@@ -884,15 +889,18 @@ class DeadMaps(NamedTuple):
 def dead_map_fractions(peak_value: Any) -> DeadMaps:
     """How much of a layer is silent: maps and filters with peak `<= 0`.
 
-    A map whose highest value is `<= 0` is blank after ReLU: the filter
-    does not fire on that image at all (the masked map of the
-    interpretable layers is then 0 everywhere too). Training that leaves
-    most maps dead has not fit; compare arms on this before comparing
-    their instability.
+    A raw map whose highest value is `<= 0` is blank after ReLU: the
+    filter does not fire on that image at all. A masked map can also be
+    blank where the raw map is not: the mask is `<= 0` away from its
+    centre, so a filter firing only away from the centre (e.g. a
+    centroid between two blobs) is silenced. The fractions therefore
+    belong to the map they were computed on (`masked` or `raw`). Training
+    that leaves most maps dead has not fit; compare arms on this before
+    comparing their instability.
 
     Args:
-        peak_value: `(N, F)` peaks (e.g. `Peaks.value`), of the masked or
-            the raw map (the same maps are dead in both).
+        peak_value: `(N, F)` peaks (e.g. `Peaks.value`) of the masked or
+            the raw map.
 
     Returns:
         A `DeadMaps` tuple.
