@@ -337,6 +337,15 @@ def _location_instability(state, parts, part_names, rf) -> dict:
             "use a larger split or other `parts`"
         )
     per_part, per_part_reason, selected = {}, {}, {}
+    shuffled_valid = np.isfinite(report.shuffled_per_filter)
+    per_part_fixed = {
+        name: _mean_or_none(report.fixed_cell_per_landmark[valid, k])
+        for k, name in enumerate(names)
+    }
+    per_part_shuffled = {
+        name: _mean_or_none(report.shuffled_per_landmark[shuffled_valid, k])
+        for k, name in enumerate(names)
+    }
     for k, name in enumerate(names):
         values = report.per_landmark[valid, k]
         scored = np.isfinite(values)
@@ -369,6 +378,8 @@ def _location_instability(state, parts, part_names, rf) -> dict:
         "per_filter": report.per_filter,
         "per_part": per_part,
         "per_part_reason": per_part_reason,
+        "per_part_fixed_cell": per_part_fixed,
+        "per_part_shuffled": per_part_shuffled,
         "selection": {
             "top_k": evaluation.TOP_K,
             "pool_images": {
@@ -555,7 +566,11 @@ def evaluate_dataset(
           landmarks shuffled across images of the same category);
         * `location_instability_per_part` (landmark -> mean `D_{f,k}` over
           the evaluated filters) and `location_instability_per_part_reason`
-          (landmark -> None, or why it was not scored);
+          (landmark -> None, or why it was not scored), with the same
+          references per landmark:
+          `location_instability_per_part_fixed_cell` (the terms of each
+          filter's best fixed cell) and
+          `location_instability_per_part_shuffled_landmarks`;
         * `location_instability_selection`: `top_k`, `pool_images`
           (landmark -> the most images with it visible in one category:
           what the top-k chooses from), `mean_selected_images` (landmark
@@ -638,6 +653,8 @@ def evaluate_dataset(
             "per_filter": None,
             "per_part": None,
             "per_part_reason": None,
+            "per_part_fixed_cell": None,
+            "per_part_shuffled": None,
             "selection": None,
             "visible": None,
             "parts": None,
@@ -676,6 +693,12 @@ def evaluate_dataset(
         "part_interpretability_parts": interpretability["parts"],
         "location_instability_per_part": stability["per_part"],
         "location_instability_per_part_reason": stability["per_part_reason"],
+        "location_instability_per_part_fixed_cell": stability[
+            "per_part_fixed_cell"
+        ],
+        "location_instability_per_part_shuffled_landmarks": stability[
+            "per_part_shuffled"
+        ],
         "location_instability_selection": stability["selection"],
         "dead_maps": {
             "map": map,
@@ -740,6 +763,8 @@ _TRAINING_RESULTS = (
     "location_instability_shuffled_landmarks",
     "location_instability_per_part",
     "location_instability_per_part_reason",
+    "location_instability_per_part_fixed_cell",
+    "location_instability_per_part_shuffled_landmarks",
     "location_instability_selection",
     "dead_maps",
 )
@@ -762,6 +787,8 @@ def training_results(summary: dict) -> dict:
         `location_instability_shuffled_landmarks`,
         `location_instability_per_part`,
         `location_instability_per_part_reason`,
+        `location_instability_per_part_fixed_cell`,
+        `location_instability_per_part_shuffled_landmarks`,
         `location_instability_selection` and `dead_maps` (None where the
         summary lacks them).
     """

@@ -262,6 +262,12 @@ def test_train_evaluate_model_delegates(parts_dir, model_path, test_split):
             "location_instability_per_part"
         ],
         "location_instability_per_part_reason": dict.fromkeys(PARTS),
+        "location_instability_per_part_fixed_cell": summary[
+            "location_instability_per_part_fixed_cell"
+        ],
+        "location_instability_per_part_shuffled_landmarks": summary[
+            "location_instability_per_part_shuffled_landmarks"
+        ],
         "location_instability_selection": summary[
             "location_instability_selection"
         ],
@@ -331,6 +337,19 @@ def test_references_dead_maps_and_top_k_counts(test_split):
     assert summary["location_instability_per_part_reason"] == dict.fromkeys(
         PARTS
     )
+    shuffled_valid = np.isfinite(report.shuffled_per_filter)
+    for k, part in enumerate(PARTS):
+        assert summary["location_instability_per_part"][part] == (
+            pytest.approx(np.nanmean(report.per_landmark[valid, k]))
+        )
+        assert summary["location_instability_per_part_fixed_cell"][part] == (
+            pytest.approx(np.nanmean(report.fixed_cell_per_landmark[valid, k]))
+        )
+        assert summary["location_instability_per_part_shuffled_landmarks"][
+            part
+        ] == pytest.approx(
+            np.nanmean(report.shuffled_per_landmark[shuffled_valid, k])
+        )
 
 
 def test_part_interpretability_too_few_cells_has_a_reason(test_split):

@@ -856,6 +856,14 @@ def test_location_instability_matches_plain_loops(
         np.nanmean(np.where(np.isfinite(expected), expected_fixed, np.nan)),
         rel=1e-8,
     )
+    # The per-landmark terms of the fixed cell average to its value.
+    terms = report.fixed_cell_per_landmark
+    finite = np.isfinite(report.fixed_cell_per_filter)
+    np.testing.assert_allclose(
+        np.nanmean(terms[finite], axis=1),
+        report.fixed_cell_per_filter[finite],
+        rtol=1e-12,
+    )
     score, per_filter, _ = evaluation.location_instability(
         index, value, points, visible, return_per_filter=True, **kwargs
     )
@@ -864,6 +872,17 @@ def test_location_instability_matches_plain_loops(
     # "Shuffled landmarks" is the metric on the shuffled annotations.
     shuffled = evaluation.shuffle_landmarks(
         points, visible, labels=labels, seed=0
+    )
+    _, shuffled_per_filter, shuffled_per_landmark = (
+        evaluation.location_instability(
+            *(index, value), *shuffled, return_per_filter=True, **kwargs
+        )
+    )
+    np.testing.assert_array_equal(
+        report.shuffled_per_filter, shuffled_per_filter
+    )
+    np.testing.assert_array_equal(
+        report.shuffled_per_landmark, shuffled_per_landmark
     )
     expected_shuffled, _ = reference_instability(
         index, value, *shuffled, labels, RF16, 224, 5, rule, drop
@@ -995,6 +1014,9 @@ def test_fixed_cell_reference_by_hand():
     assert report.fixed_cell == pytest.approx(math.sqrt(256 / 3) / diagonal)
     np.testing.assert_allclose(
         report.fixed_cell_per_filter, [math.sqrt(256 / 3) / diagonal]
+    )
+    np.testing.assert_allclose(
+        report.fixed_cell_per_landmark, [[math.sqrt(256 / 3) / diagonal]]
     )
     # A filter stuck at the best cell scores exactly the reference.
     stuck = evaluation.location_instability_report(

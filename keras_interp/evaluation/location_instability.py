@@ -394,6 +394,7 @@ class _Group(NamedTuple):
     used: np.ndarray  # (F, K) images in each top-k after dropping dead maps
     pool: np.ndarray  # (K,) images with the landmark visible
     fixed: Any  # (F,) best-fixed-cell deviation, or None
+    fixed_landmarks: Any  # (F, K) its D_{f,k} at that cell, or None
 
 
 def _group(distance, value, live, points, seen, top_k, cells) -> _Group:
@@ -407,7 +408,8 @@ def _group(distance, value, live, points, seen, top_k, cells) -> _Group:
     `cells` is None, or the `(y, x)` RF centres `(U,)` of every map cell,
     in diagonal units: then `fixed` is each filter's best-fixed-cell
     deviation over the same selected images (see
-    `location_instability_report`).
+    `location_instability_report`), and `fixed_landmarks` its per-landmark
+    terms at that cell.
     """
     n, f, k = distance.shape
     deviation = np.full((f, k), np.nan)
@@ -415,6 +417,8 @@ def _group(distance, value, live, points, seen, top_k, cells) -> _Group:
     pool = seen.sum(axis=0)
     scored = np.flatnonzero(pool >= MIN_IMAGES)
     fixed = None if cells is None else np.zeros((f, len(cells[0])))
+    fixed_landmarks = None if cells is None else np.full((f, k), np.nan)
+    terms = {}
     filters = np.arange(f)
     for part in scored:
         rows = np.flatnonzero(seen[:, part])
@@ -429,15 +433,19 @@ def _group(distance, value, live, points, seen, top_k, cells) -> _Group:
             samples = np.hypot(
                 y[:, None] - cells[0][None, :], x[:, None] - cells[1][None, :]
             )
-            fixed += _weighted_std(weights, samples)
+            terms[part] = _weighted_std(weights, samples)  # (F, U)
+            fixed += terms[part]
     if len(scored):
         per_filter = deviation[:, scored].mean(axis=1)
         if fixed is not None:
-            fixed = (fixed / len(scored)).min(axis=1)
+            best = np.argmin(np.nan_to_num(fixed, nan=np.inf), axis=1)
+            fixed = (fixed / len(scored))[filters, best]
+            for part, term in terms.items():
+                fixed_landmarks[:, part] = term[filters, best]
     else:
         per_filter = np.full(f, np.nan)
         fixed = None if fixed is None else np.full(f, np.nan)
-    return _Group(deviation, per_filter, used, pool, fixed)
+    return _Group(deviation, per_filter, used, pool, fixed, fixed_landmarks)
 
 
 def _pick(deviation, activation, has_landmarks, rule) -> np.ndarray:
@@ -451,6 +459,7 @@ class _Scores(NamedTuple):
     per_filter: np.ndarray  # (F,)
     per_landmark: np.ndarray  # (F, K)
     fixed: Any  # (F,) or None
+    fixed_landmarks: Any  # (F, K) or None
     used: np.ndarray  # (F, K), in each filter's category
     pool: np.ndarray  # (C, K)
     dropped: float  # fraction of the plain top-k selections dropped
@@ -492,7 +501,7 @@ def _scores(
     has_landmarks = (pool >= MIN_IMAGES).any(axis=1)
     pick = _pick(per_group, activation, has_landmarks, rule)
     filters = np.arange(f)
-    fixed = None
+    fixed = fixed_landmarks = None
     if cells is not None:
         fixed_group = np.stack([r.fixed for r in results])
         fixed_pick = (
@@ -501,6 +510,9 @@ def _scores(
             else pick
         )
         fixed = fixed_group[fixed_pick, filters]
+        fixed_landmarks = np.stack([r.fixed_landmarks for r in results])[
+            fixed_pick, filters
+        ]
     used = np.stack([r.used for r in results])  # (C, F, K)
     plain = np.where(pool >= MIN_IMAGES, np.minimum(pool, top_k), 0)
     selections = f * plain.sum()
@@ -526,6 +538,7 @@ def _scores(
         per_filter=per_filter,
         per_landmark=np.stack([r.deviation for r in results])[pick, filters],
         fixed=fixed,
+        fixed_landmarks=fixed_landmarks,
         used=used[pick, filters],
         pool=pool,
         dropped=dropped,
@@ -683,8 +696,11 @@ class InstabilityReport(NamedTuple):
         fixed_cell: the "fixed cell" reference: mean over the filters of
             `fixed_cell_per_filter`.
         fixed_cell_per_filter: `(F,)` each filter's best-fixed-cell value.
+        fixed_cell_per_landmark: `(F, K)` its per-landmark terms (at the
+            same cell), NaN where the landmark is not scored.
         shuffled: the "shuffled landmarks" reference.
         shuffled_per_filter: `(F,)` `D_f` with the shuffled landmarks.
+        shuffled_per_landmark: `(F, K)` `D_{f,k}` with them.
         pool_images: `(K,)` int, the largest number of images with landmark
             `k` visible in one category (all images without `labels`):
             the most the top-k can choose from. Pools at or below `top_k`
@@ -704,8 +720,10 @@ class InstabilityReport(NamedTuple):
     per_landmark: np.ndarray
     fixed_cell: float
     fixed_cell_per_filter: np.ndarray
+    fixed_cell_per_landmark: np.ndarray
     shuffled: float
     shuffled_per_filter: np.ndarray
+    shuffled_per_landmark: np.ndarray
     pool_images: np.ndarray
     selected_images: np.ndarray
     dead_dropped_fraction: float
@@ -864,8 +882,10 @@ def location_instability_report(
         per_landmark=scores.per_landmark,
         fixed_cell=_mean(fixed),
         fixed_cell_per_filter=scores.fixed,
+        fixed_cell_per_landmark=scores.fixed_landmarks,
         shuffled=_mean(shuffled.per_filter),
         shuffled_per_filter=shuffled.per_filter,
+        shuffled_per_landmark=shuffled.per_landmark,
         pool_images=scores.pool.max(axis=0),
         selected_images=scores.used,
         dead_dropped_fraction=scores.dropped,
