@@ -59,11 +59,12 @@ class StopOnNonFinite(keras.callbacks.Callback):
     * `loss` with every filter loss finite: the task loss (or another
       `add_loss` term).
 
-    It checks the batch logs after every step (the logged loss is computed
-    before that step's update) and, at the end of every epoch, the model's
-    weights, so that a last step that blew the weights up is caught before
-    a checkpoint callback placed after it saves them. Put it first in the
-    callback list. It works with `fit` and `training.DistributedTrainer`.
+    It checks the loss terms of the batch logs (`loss` and every `*_loss`)
+    after every step (the logged loss is computed before that step's
+    update) and, at the end of every epoch, the model's weights, so that
+    a last step that blew the weights up is caught before a checkpoint
+    callback placed after it saves them. Put it first in the callback
+    list. It works with `fit` and `training.DistributedTrainer`.
 
     Args:
         hint: optional sentence appended to the message (what to change).
@@ -173,9 +174,15 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 
 def _non_finite(logs):
-    """{name: value} of the non-finite numbers in a logs dict."""
+    """{name: value} of the non-finite loss terms in a logs dict.
+
+    Loss terms are `loss` and every `*_loss` entry; other metrics (an
+    undefined AUC, say) may legitimately be NaN.
+    """
     bad = {}
     for name, value in (logs or {}).items():
+        if name != "loss" and not name.endswith("_loss"):
+            continue
         try:
             number = float(value)
         except (TypeError, ValueError):

@@ -142,6 +142,7 @@ def test_rerun_with_more_epochs_continues_training(
     assert results["config"]["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_noresume_discards_the_backup_and_trains_from_scratch(
     parts_dir, finished_run, tmp_path
 ):
