@@ -33,18 +33,19 @@ import numpy as np
 from keras_interp import callbacks as callbacks_lib
 from keras_interp import data as data_lib
 from keras_interp import diagnostics
+from keras_interp import evaluate as evaluate_lib
 from keras_interp import models
 from keras_interp import training
+from keras_interp.evaluation import CUB_EVAL_PARTS  # noqa: F401 (re-export)
+from keras_interp.evaluation import TOP_K  # noqa: F401 (re-export)
+from keras_interp.evaluation import landmark_ids
 
 TASKS = ("multi", "single")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "cosine", "paper")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
-# The authors' CUB landmarks (`showResults.m`, part ids 1, 6, 14): back,
-# forehead (standing in for the head) and tail (docs/method_notes.md).
-CUB_EVAL_PARTS = ("back", "forehead", "tail")
-# Paper §5.2.2: the top-100 images per filter and landmark.
-TOP_K = 100
+# `CUB_EVAL_PARTS` and `TOP_K` are defined once in `keras_interp.evaluation`
+# (imported above) and re-exported here for compatibility.
 MODEL_FILE = "model.keras"
 RESULTS_FILE = "results.json"
 BACKUP_WEIGHTS_FILE = "latest.weights.h5"  # keras.callbacks.BackupAndRestore
@@ -478,21 +479,12 @@ def _eval_parts(index, names):
     """Indices of the landmarks used for location instability."""
     if index is None or not index.has_parts:
         return None
-    available = [str(n) for n in index.part_names]
-    if names:
-        missing = [n for n in names if n not in available]
-        if missing:
-            raise ValueError(
-                f"`parts` {missing} are not landmarks of this dataset. "
-                f"Available: {available}."
-            )
-        return [available.index(n) for n in names]
-    if all(n in available for n in CUB_EVAL_PARTS):
-        return [available.index(n) for n in CUB_EVAL_PARTS]
-    return list(range(len(available)))
+    return landmark_ids(index.part_names, names)
 
 
-def evaluate_model(model, dataset, *, parts=None, eval_map="masked"):
+def evaluate_model(
+    model, dataset, *, parts=None, eval_map="masked", part_names=None
+):
     """Accuracy, and location instability of the "part_conv" filters.
 
     A thin view of `keras_interp.evaluate.evaluate_dataset`, the one
@@ -505,30 +497,25 @@ def evaluate_model(model, dataset, *, parts=None, eval_map="masked"):
             instability, `parts` and `part_visible`.
         parts: landmark indices to evaluate, or None to skip instability.
         eval_map: `"masked"` or `"raw"` (see `evaluation.collect_peaks`).
+        part_names: the dataset's landmark names in part-id order, to name
+            the per-landmark entries (default `part_<k>`).
 
     Returns:
-        A dict with `accuracy`, `num_images` and, with parts,
-        `location_instability` (NaN if it could not be computed) and
-        `num_filters_evaluated`; plus `<metric>_reason` for each returned
-        metric the evaluator gave a reason for (why it is undefined).
+        `keras_interp.evaluate.training_results(summary)`: `accuracy`,
+        `num_images`, `location_instability` (NaN if it could not be
+        computed) with its `location_instability_reason` (None when
+        computed), its reference values, per-landmark values and top-k
+        counts, `num_filters_evaluated` and `dead_maps`.
     """
-    # Imported here: keras_interp.evaluate imports this module.
-    from keras_interp import evaluate as evaluate_lib
-
     summary = evaluate_lib.evaluate_dataset(
-        model, dataset, parts=parts, layer=models.PART_CONV, map=eval_map
+        model,
+        dataset,
+        parts=parts,
+        part_names=part_names,
+        layer=models.PART_CONV,
+        map=eval_map,
     )
-    counts = summary["counts"]
-    results = {
-        "accuracy": summary["accuracy"],
-        "num_images": counts["num_images"],
-    }
-    if parts is not None:
-        value = summary["location_instability"]
-        results["location_instability"] = (
-            float("nan") if value is None else value
-        )
-        results["num_filters_evaluated"] = counts["num_filters_evaluated"]
+    results = evaluate_lib.training_results(summary)
     reasons = _reasons(summary)
     for metric in ("accuracy", "location_instability"):
         if metric in results and reasons.get(metric):
@@ -560,7 +547,13 @@ def _print_summary(results, model_dir, logdir):
     """The one-line results, the reasons, and where everything is."""
     summary = {
         key: results[key]
-        for key in ("accuracy", "location_instability", "num_images")
+        for key in (
+            "accuracy",
+            "location_instability",
+            "location_instability_fixed_cell",
+            "location_instability_shuffled_landmarks",
+            "num_images",
+        )
         if key in results
     }
     summary.update(
@@ -788,7 +781,11 @@ def train_and_evaluate(config: TrainConfig) -> dict:
     }
     results.update(
         evaluate_model(
-            built.inference, test, parts=parts, eval_map=config.eval_map
+            built.inference,
+            test,
+            parts=parts,
+            eval_map=config.eval_map,
+            part_names=None if index is None else list(index.part_names),
         )
     )
     # model.keras first, results.json last: results.json marks the run
