@@ -359,9 +359,8 @@ def _location_instability(state, parts, part_names, rf) -> dict:
             per_part_reason[name] = None
         elif report.pool_images[k] < MIN_IMAGES:
             per_part_reason[name] = (
-                f"visible in fewer than "
-                f"{MIN_IMAGES} images of "
-                f"every category ({counts[name]} in all)"
+                f"visible in fewer than {MIN_IMAGES} images of every "
+                f"category ({counts[name]} in all)"
             )
         elif not valid.any():
             per_part_reason[name] = "no filter could be evaluated"
