@@ -52,6 +52,10 @@ BACKUP_WEIGHTS_FILE = "latest.weights.h5"  # keras.callbacks.BackupAndRestore
 # Settings that do not change what a run computes: a rerun that differs
 # only in these (e.g. a run folder that was moved) finds its results.
 _PRESENTATION_SETTINGS = ("verbose", "resume", "model_dir", "logdir")
+# Settings a backup may be resumed (or re-evaluated) with other values of:
+# the presentation, the evaluation and the number of epochs (to extend).
+_RESUMABLE_SETTINGS = _PRESENTATION_SETTINGS + ("parts", "eval_map", "epochs")
+BACKUP_CONFIG_FILE = "run_config.json"
 # The authors' single-category schedule: lr falls 10x, log-linearly, over the
 # first 10 epochs, then stays (`network_init.m`: logspace(-4, -5, 10)).
 PAPER_DECAY_EPOCHS = 10
@@ -429,6 +433,44 @@ def _comparable(config):
     return json.loads(json.dumps(config, default=str))
 
 
+def _check_backup_config(config, backup_dir, initial_epoch):
+    """Refuses to resume a backup trained with other settings.
+
+    A run that starts training writes its settings next to the backup; a
+    later run that would resume (or re-evaluate) the backup must agree on
+    everything but `_RESUMABLE_SETTINGS`, so that results are never
+    labelled with settings the weights were not trained with.
+    """
+    path = os.path.join(backup_dir, BACKUP_CONFIG_FILE)
+    current = {
+        k: v
+        for k, v in _comparable(dataclasses.asdict(config)).items()
+        if k not in _RESUMABLE_SETTINGS
+    }
+    if not initial_epoch or not os.path.isfile(path):
+        os.makedirs(backup_dir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(current, f, indent=2)
+        return
+    try:
+        with open(path) as f:
+            saved = dict(json.load(f))
+    except (OSError, ValueError, TypeError) as error:
+        raise _backup_error(path, backup_dir, error) from error
+    changed = [
+        f"{name}={saved.get(name)!r} (now {current.get(name)!r})"
+        for name in sorted(set(saved) | set(current))
+        if saved.get(name) != current.get(name)
+    ]
+    if changed:
+        raise ValueError(
+            f"The backup in {backup_dir!r} was trained with other settings: "
+            f"{', '.join(changed)}. Resume it with its own settings (only "
+            f"{', '.join(_RESUMABLE_SETTINGS)} may differ), pass "
+            "`--noresume` to train from scratch, or use another `model_dir`."
+        )
+
+
 def _finished_results(config):
     """The saved results of this very run if it already finished, else None.
 
@@ -689,6 +731,8 @@ def train_and_evaluate(config: TrainConfig) -> dict:
             f"{initial_epoch} to continue it, `--noresume` to start over, "
             "or another `model_dir`."
         )
+    if config.strategy != "multi_worker":
+        _check_backup_config(config, backup_dir, initial_epoch)
     if initial_epoch:
         print(f"resuming from the end of epoch {initial_epoch}")
     probe = next(

@@ -158,6 +158,23 @@ def test_noresume_discards_the_backup_and_trains_from_scratch(
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_backup_trained_with_other_settings_is_not_resumed(
+    parts_dir, finished_run, tmp_path
+):
+    model_dir, _, _ = finished_run
+    run = copy_run(model_dir, tmp_path)
+    results_bytes = (run / "results.json").read_bytes()
+    os.remove(run / "model.keras")
+    # Would evaluate the backup's weights under a learning rate they were
+    # not trained with.
+    with pytest.raises(
+        ValueError, match=r"learning_rate=0.05 \(now 0.1\).*--noresume"
+    ):
+        train.train_and_evaluate(tiny_config(parts_dir, run, learning_rate=0.1))
+    assert (run / "results.json").read_bytes() == results_bytes
+    assert not (run / "model.keras").exists()
+
+
 def test_epochs_below_the_backup_are_refused(parts_dir, finished_run, tmp_path):
     model_dir, _, _ = finished_run
     run = copy_run(model_dir, tmp_path)
