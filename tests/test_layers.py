@@ -82,9 +82,13 @@ def test_config_round_trip(cls, kwargs):
 
 
 def test_default_loss_weights_per_variant():
-    assert keras_interp.InterpretableMask().loss_weight == 0.02
-    assert keras_interp.InterpretableMask(loss="authors").loss_weight == 1.0
-    assert keras_interp.InterpretableMask(loss_weight=3).loss_weight == 3.0
+    mask = keras_interp.InterpretableMask
+    assert mask().loss_weight == 0.002
+    assert mask(loss="authors").loss_weight == 0.02
+    assert mask(normalization=None).loss_weight == 0.02
+    assert mask(loss="authors", normalization=None).loss_weight == 1.0
+    assert mask(loss=None).loss_weight == 0.0
+    assert mask(loss_weight=3).loss_weight == 3.0
 
 
 def test_symbolic_call_with_none_batch():
@@ -292,7 +296,7 @@ def test_labels_make_the_loss_category_aware():
     positives = labels[:, None] == assignment[None, :]
     cmi = keras_interp.category_mutual_information(x, positives, tau=0.1)
     np.testing.assert_allclose(
-        loss, -0.02 * ops.convert_to_numpy(cmi).sum(), rtol=1e-5
+        loss, -layer.loss_weight * ops.convert_to_numpy(cmi).sum(), rtol=1e-5
     )
     plain = keras_interp.InterpretableMask(tau=0.1)
     assert not np.isclose(loss, filter_loss(plain, x))
@@ -722,25 +726,22 @@ def test_out_of_range_labels_inside_a_graph_are_negatives():
     assigned = np.array([1, 2, 1])
     stats = 1e3 * np.eye(3)[assigned].T  # filter -> class, kept by the EMA
 
-    def loss_for(labels, compiled):
-        layer = keras_interp.InterpretableMask(num_classes=3, tau=0.1)
-        layer.build(x.shape)
-        layer.class_activation.assign(stats)
+    layer = keras_interp.InterpretableMask(
+        num_classes=3, tau=0.1, loss_weight=0.5
+    )
+    layer.build(x.shape)
+    layer.class_activation.assign(stats)
 
-        def step(labels):
-            layer(tf.constant(x), labels=labels, training=True)
-            return layer.losses[0]
+    @tf.function
+    def step(labels):
+        layer(tf.constant(x), labels=labels, training=True)
+        return layer.losses[0]
 
-        if compiled:
-            step = tf.function(step)
-        return float(step(tf.constant(labels))), layer.class_activation.numpy()
-
-    loss, new_stats = loss_for([1, 2, 99, 1], compiled=True)
+    loss = float(step(tf.constant([1, 2, 99, 1])))
+    new_stats = layer.class_activation.numpy()
     positives = np.array([1, 2, -1, 1])[:, None] == assigned[None, :]
     cmi = keras_interp.category_mutual_information(x, positives, tau=0.1)
-    np.testing.assert_allclose(
-        loss, -0.02 * float(ops.sum(cmi)), rtol=1e-5
-    )
+    np.testing.assert_allclose(loss, -0.5 * float(ops.sum(cmi)), rtol=1e-5)
     # Image 2 changed no class statistics (class 0 saw no image).
     np.testing.assert_array_equal(new_stats[0], stats[0])
 

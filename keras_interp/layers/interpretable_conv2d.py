@@ -42,8 +42,9 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
             bias_regularizer, activity_regularizer, kernel_constraint,
             bias_constraint: as in `keras.layers.Conv2D`.
         loss: `"mutual_information"` (default), `"authors"` or `None`.
-        loss_weight: float lambda per filter; `None` picks 0.02 for the
-            exact loss and 1.0 for `"authors"` (see `InterpretableMask`).
+        loss_weight: float lambda per filter; `None` picks 0.002 for the
+            exact loss and 0.02 for `"authors"` (0.02 and 1.0 with
+            `normalization=None`); see `InterpretableMask`.
         **kwargs: the remaining `InterpretableMask` arguments and base layer
             arguments (`name`, `dtype`, ...).
 

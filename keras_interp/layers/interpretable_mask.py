@@ -19,9 +19,16 @@ from keras_interp import templates
 
 LOSSES = ("mutual_information", "authors", None)
 LOSS_WEIGHT_DECAYS = (None, "inverse_epoch")
-# Default loss weights (lambda), per filter, by loss variant. See the
-# `loss_weight` entry of the class docstrings for the evidence.
-DEFAULT_LOSS_WEIGHTS = {"mutual_information": 0.02, "authors": 1.0, None: 0.0}
+# Default loss weights (lambda), per filter, by loss variant, for the default
+# scale-free loss (`normalization="mean_max"`) and for the paper-literal one
+# (`normalization=None`). See the `loss_weight` entry of the class docstrings
+# for the evidence.
+DEFAULT_LOSS_WEIGHTS = {"mutual_information": 0.002, "authors": 0.02, None: 0.0}
+PAPER_SCALE_LOSS_WEIGHTS = {
+    "mutual_information": 0.02,
+    "authors": 1.0,
+    None: 0.0,
+}
 # Authors' `our_cnn_train.m`: the per-class activation EMA uses momentum 0.9.
 DEFAULT_ASSIGNMENT_MOMENTUM = 0.9
 # Authors' beta rule (docs/method_notes.md): 0.016 of the gap a step before SGD
@@ -264,13 +271,16 @@ class InterpretableMixin:
         jit_compile,
     ):
         self.loss = _check_choice("loss", loss, LOSSES)
+        self.normalization = losses.check_normalization(normalization)
         if loss_weight is None:
-            loss_weight = DEFAULT_LOSS_WEIGHTS[loss]
+            defaults = DEFAULT_LOSS_WEIGHTS
+            if normalization is None:
+                defaults = PAPER_SCALE_LOSS_WEIGHTS
+            loss_weight = defaults[loss]
         self.loss_weight = _check_float("loss_weight", loss_weight, low=0.0)
         self.loss_weight_decay = _check_choice(
             "loss_weight_decay", loss_weight_decay, LOSS_WEIGHT_DECAYS
         )
-        self.normalization = losses.check_normalization(normalization)
         if loss == "authors" and loss_weight_decay is not None:
             raise ValueError(
                 "`loss='authors'` already scales its gradient by 1/epoch "
@@ -763,13 +773,33 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
             `None`: mask only, no loss.
         loss_weight: float `lambda` >= 0, applied to the sum of the per-filter
             losses, so each filter's gradient is `lambda dLoss_f / dx` as in
-            Eq. 3. `None` (default) picks 0.02 for `"mutual_information"`:
-            a VGG-16 prototype (`docs/method_notes.md`) found `lambda = 10`
-            on the *mean* over 512 filters (0.0195 per filter) the best of
-            0.1 / 10 / 100, with 100 collapsing training; 0.02 is also the
-            value the authors' code stores as `lossWeight`. It picks 1.0 for
-            `"authors"`, whose gradient carries the authors' own
-            `1e-5 / (t / 0.1)` scale.
+            Eq. 3. `None` (default) picks, per filter, 0.002 for
+            `"mutual_information"` and 0.02 for `"authors"` with the default
+            scale-free loss; 0.02 and 1.0 with `normalization=None`. To see
+            whether a weight acts, log the filter-to-task gradient ratio
+            (`keras_interp.GradientRatioLogger`; linear in the weight).
+            Evidence for 0.002 (2026-12-02, 2-core CPU): that ratio on a
+            batch of 16 training images of the embedded part dataset,
+            before training / after epoch 1 of the `train_cub.py` recipe:
+            - VGG-16 with torchvision ImageNet weights, top block
+              fine-tuned, 160 px (10x10 maps), lr 1e-3: 0.17 / 0.032 on
+              `part_conv`. A prototype of this setting had its best location
+              instability at this weight (1 on the mean over 512 filters),
+              worse at 3x and 10x.
+            - tiny_vgg from scratch, 64 px (8x8 maps), lr 0.05: 0.042 /
+              0.022 on `part_conv`, 0.032 / 0.015 on `top_mask`.
+            - VGG-16's `top_mask` (block5_conv3) is the exception: 11.8 /
+              4.6. Its maps include dead and nearly dead filters (11 of 512
+              dead; a tenth peak below 0.12 on average, the median 1.15),
+              and a scale-free loss pushes a filter in proportion to
+              `1 / m_f`. Give that layer a smaller weight if its ratio is
+              far above 1.
+            `"authors"` at 0.02: 0.17 / 0.054 on VGG-16's `part_conv`,
+            0.025 / 0.013 on tiny_vgg's. The paper-literal defaults are the
+            earlier ones: 0.02 (a prototype's best paper-scale weight) and
+            1.0 (the authors' own `1e-5 / (t / 0.1)` scale); on the raw maps
+            the exact loss at 0.002 gives only 0.0002 on VGG-16's
+            `part_conv`.
         normalization: the scale of the maps the loss scores.
             `"mean_max"` (default): Eq. 1 on `x_hat = x * H*W / m_f`, where
             `m_f` is the batch mean of filter `f`'s spatial maximum (the
