@@ -72,8 +72,9 @@ def _check_choice(name, value, choices):
 def _value_and_gradient(fn, maps, positives, beta):
     """`fn(maps, positives, beta)` and its gradient `d/dmaps` (TensorFlow).
 
-    `fn` is a sum of independent per-filter terms (the filter loss), so it
-    is evaluated `FILTER_CHUNK` filters at a time, with each group's
+    `fn` is a sum of independent per-filter terms (the filter loss; its
+    scale `m_f` is per filter too), so it is evaluated `FILTER_CHUNK`
+    filters at a time, with each group's
     gradient taken right away. Inside the layer's compiled function the
     loss's `[batch, filters, H*W + 1]` intermediates then exist for one
     group at a time and die there, instead of being kept for the backward
