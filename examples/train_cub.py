@@ -125,6 +125,12 @@ flags.DEFINE_enum(
     ["argmax", "centroid"],
     "Part location: argmax (paper) or centroid (authors).",
 )
+flags.DEFINE_bool(
+    "apply_mask",
+    _D.apply_mask,
+    "Forward mask on (--noapply_mask: the filter loss without the mask, an "
+    "ablation).",
+)
 flags.DEFINE_enum(
     "strategy",
     _D.strategy,

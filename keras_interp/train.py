@@ -101,7 +101,7 @@ class TrainConfig:
         interpretable: build the interpretable model, or the ordinary one.
         category_aware: pass the labels to the interpretable layers (the
             category-aware loss) or not (the label-free Eq. 1).
-        loss, loss_weight, loss_weight_decay, beta, center: the
+        loss, loss_weight, loss_weight_decay, beta, center, apply_mask: the
             interpretable layers' arguments.
         strategy: `"default"`, `"mirrored"` or `"multi_worker"` (a custom
             loop; needs `TF_CONFIG`).
@@ -147,6 +147,7 @@ class TrainConfig:
     # Measured best here (experiments/RESULTS.md, README "Measured
     # results"); the layers keep the paper's argmax default.
     center: str = "centroid"
+    apply_mask: bool = True
     strategy: str = "default"
     mixed_precision: Optional[str] = None
     model_dir: str = "runs/train_cub"
@@ -699,6 +700,7 @@ def train_and_evaluate(config: TrainConfig) -> dict:
             loss_weight_decay=config.loss_weight_decay,
             beta=config.beta,
             center=config.center,
+            apply_mask=config.apply_mask,
             seed=config.seed,
         )
         optimizer = keras.optimizers.SGD(

@@ -67,6 +67,7 @@ def tiny_model(**layer_kwargs):
             dict(beta=[3.0, 4.0, 5.0, 6.0], loss_weight_decay="inverse_epoch"),
         ),
         (keras_interp.InterpretableMask, dict(normalization=None)),
+        (keras_interp.InterpretableMask, dict(apply_mask=False)),
     ],
 )
 def test_config_round_trip(cls, kwargs):
@@ -184,6 +185,25 @@ def test_mask_at_inference_false_passes_maps_through():
     np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), x)
     masked = ops.convert_to_numpy(layer(x, training=True))
     assert not np.allclose(masked, x)
+
+
+def test_apply_mask_false_keeps_the_loss_without_the_mask():
+    layer = keras_interp.InterpretableMask(apply_mask=False)
+    x = maps((4, 4, 4, 3))
+    for training in (False, True):
+        y = ops.convert_to_numpy(layer(x, training=training))
+        np.testing.assert_allclose(y, x)
+    # The filter loss is the masked layer's, unchanged.
+    masked = keras_interp.InterpretableMask()
+    np.testing.assert_allclose(
+        filter_loss(layer, x), filter_loss(masked, x), rtol=1e-6
+    )
+    assert filter_loss(layer, x) < 0
+
+
+def test_apply_mask_must_be_a_bool():
+    with pytest.raises(ValueError, match="apply_mask.*Received: apply_mask=1"):
+        keras_interp.InterpretableMask(apply_mask=1)
 
 
 def test_mask_rectifies_its_input():

@@ -51,6 +51,17 @@ def test_default_filters_is_the_backbone_channel_count():
     assert built.inference.get_layer(models.PART_CONV).filters == 128
 
 
+def test_apply_mask_false_reaches_both_interpretable_layers():
+    built = models.build_part_classifier(
+        "tiny_vgg", num_classes=2, image_size=32, apply_mask=False
+    )
+    for name in (models.TOP_MASK, models.PART_CONV):
+        assert built.inference.get_layer(name).apply_mask is False
+    x = images(2, 32)
+    built.training({"image": x, "label": np.zeros(2, "int32")}, training=True)
+    assert len(built.training.losses) == 2
+
+
 def test_ordinary_model_is_identical_without_mask_or_loss():
     interp = models.build_part_classifier(
         "tiny_vgg", num_classes=3, image_size=32, seed=4

@@ -27,7 +27,7 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
     `keras_interp.InterpretableMask`: `loss`, `loss_weight`,
     `loss_weight_decay`, `normalization`, `beta`, `center`, `tau`, `alpha`,
     `num_classes`, `background_class`, `assignment_momentum`, `beta_rate`,
-    `mask_at_inference` and `jit_compile`. By default the filter loss is
+    `mask_at_inference`, `apply_mask` and `jit_compile`. By default the filter loss is
     scale-free (`normalization="mean_max"`).
 
     The paper adds such a layer (3x3, M filters, zero padding, bias) on top
@@ -99,6 +99,7 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
         assignment_momentum=interpretable_mask.DEFAULT_ASSIGNMENT_MOMENTUM,
         beta_rate=interpretable_mask.DEFAULT_BETA_RATE,
         mask_at_inference=True,
+        apply_mask=True,
         jit_compile=True,
         **kwargs,
     ):
@@ -152,6 +153,7 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
             assignment_momentum=assignment_momentum,
             beta_rate=beta_rate,
             mask_at_inference=mask_at_inference,
+            apply_mask=apply_mask,
             jit_compile=jit_compile,
         )
         # Checked in `build`, with a message that says how to fix it.

@@ -269,6 +269,7 @@ class InterpretableMixin:
         assignment_momentum,
         beta_rate,
         mask_at_inference,
+        apply_mask,
         jit_compile,
     ):
         self.loss = _check_choice("loss", loss, LOSSES)
@@ -340,6 +341,13 @@ class InterpretableMixin:
         )
         self.beta_rate = _check_float("beta_rate", beta_rate, low=0.0, high=1.0)
         self.mask_at_inference = bool(mask_at_inference)
+        if not isinstance(apply_mask, bool):
+            raise ValueError(
+                "`apply_mask` must be True (the method) or False (the filter "
+                "loss without the forward mask, an ablation). Received: "
+                f"apply_mask={apply_mask!r}."
+            )
+        self.apply_mask = apply_mask
         self.jit_compile = bool(jit_compile)
         self._forward_fn = None
         self._warned_batch_of_one = False
@@ -367,6 +375,7 @@ class InterpretableMixin:
             "assignment_momentum": self.assignment_momentum,
             "beta_rate": self.beta_rate,
             "mask_at_inference": self.mask_at_inference,
+            "apply_mask": self.apply_mask,
             "jit_compile": self.jit_compile,
         }
 
@@ -535,7 +544,7 @@ class InterpretableMixin:
                     reduction=reduction,
                 )
                 out["beta"] = beta + self.beta_rate * (target - beta)
-        if training or self.mask_at_inference:
+        if self.apply_mask and (training or self.mask_at_inference):
             # Applied by the caller: the backward pass of `x * mask` then
             # needs only `x`, which the network keeps anyway, and `mask`.
             out["mask"] = templates.part_mask(
@@ -846,6 +855,9 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
             target closed per training step. Default 0.1.
         mask_at_inference: apply the mask outside training too (default
             True, as in the authors' code).
+        apply_mask: apply the forward mask at all (default True). False
+            keeps the filter loss but passes the post-ReLU maps through
+            unmasked: the "loss without the mask" ablation.
         jit_compile: XLA-compile the template, mask and loss math on the
             TensorFlow backend (default True).
         data_format: `"channels_last"` (default) or `"channels_first"`.
@@ -902,6 +914,7 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
         assignment_momentum=DEFAULT_ASSIGNMENT_MOMENTUM,
         beta_rate=DEFAULT_BETA_RATE,
         mask_at_inference=True,
+        apply_mask=True,
         jit_compile=True,
         data_format=None,
         **kwargs,
@@ -926,6 +939,7 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
             assignment_momentum=assignment_momentum,
             beta_rate=beta_rate,
             mask_at_inference=mask_at_inference,
+            apply_mask=apply_mask,
             jit_compile=jit_compile,
         )
 

@@ -148,6 +148,7 @@ def build_part_classifier(
     loss_weight_decay=None,
     beta=4.0,
     center="argmax",
+    apply_mask=True,
     dropout=0.5,
     seed=0,
     name="part_classifier",
@@ -206,8 +207,8 @@ def build_part_classifier(
             interpretable layers, which assign filters to classes and use
             the category-aware loss. False: the label-free Eq. 1 loss.
         background_class: class id of background-only images, if any.
-        loss, loss_weight, loss_weight_decay, beta, center: passed to both
-            interpretable layers (see `InterpretableMask`).
+        loss, loss_weight, loss_weight_decay, beta, center, apply_mask:
+            passed to both interpretable layers (see `InterpretableMask`).
         dropout: float, dropout rate before the classifier. Default 0.5.
         seed: int, seed of the new layers' initialisers.
         name: model name.
@@ -280,6 +281,7 @@ def build_part_classifier(
         loss_weight_decay=loss_weight_decay,
         beta=beta,
         center=center,
+        apply_mask=apply_mask,
     )
     head = [
         keras.layers.GlobalAveragePooling2D(name="pool"),
