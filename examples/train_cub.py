@@ -118,6 +118,13 @@ flags.DEFINE_enum(
     ["inverse_epoch"],
     "Decay lambda as 1/epoch (paper).",
 )
+flags.DEFINE_enum(
+    "normalization",
+    _D.normalization,
+    ["mean_max", "none"],
+    "Scale of the maps the filter loss scores: mean_max (scale-free, "
+    "default) or none (the paper's literal scale, for reproduction).",
+)
 flags.DEFINE_float("beta", _D.beta, "Template slope (paper: 4).")
 flags.DEFINE_enum(
     "center",
@@ -182,9 +189,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     names = [f.name for f in train.dataclasses.fields(train.TrainConfig)]
-    config = train.TrainConfig(
-        **{name: getattr(flags.FLAGS, name) for name in names}
-    )
+    values = {name: getattr(flags.FLAGS, name) for name in names}
+    if values["normalization"] == "none":
+        values["normalization"] = None
+    config = train.TrainConfig(**values)
     train.train_and_evaluate(config)
 
 

@@ -101,7 +101,8 @@ class TrainConfig:
         interpretable: build the interpretable model, or the ordinary one.
         category_aware: pass the labels to the interpretable layers (the
             category-aware loss) or not (the label-free Eq. 1).
-        loss, loss_weight, loss_weight_decay, beta, center, apply_mask: the
+        loss, loss_weight, loss_weight_decay, normalization, beta, center,
+            apply_mask: the
             interpretable layers' arguments.
         strategy: `"default"`, `"mirrored"` or `"multi_worker"` (a custom
             loop; needs `TF_CONFIG`).
@@ -143,6 +144,7 @@ class TrainConfig:
     loss: str = "mutual_information"
     loss_weight: Optional[float] = None
     loss_weight_decay: Optional[str] = None
+    normalization: Optional[str] = "mean_max"
     beta: float = 4.0
     # Measured best here (experiments/RESULTS.md, README "Measured
     # results"); the layers keep the paper's argmax default.
@@ -701,6 +703,7 @@ def train_and_evaluate(config: TrainConfig) -> dict:
             beta=config.beta,
             center=config.center,
             apply_mask=config.apply_mask,
+            normalization=config.normalization,
             seed=config.seed,
         )
         optimizer = keras.optimizers.SGD(

@@ -57,6 +57,12 @@ def test_apply_mask_false_reaches_both_interpretable_layers():
     )
     for name in (models.TOP_MASK, models.PART_CONV):
         assert built.inference.get_layer(name).apply_mask is False
+        assert built.inference.get_layer(name).normalization == "mean_max"
+    paper = models.build_part_classifier(
+        "tiny_vgg", num_classes=2, image_size=32, normalization=None
+    )
+    for name in (models.TOP_MASK, models.PART_CONV):
+        assert paper.inference.get_layer(name).normalization is None
     x = images(2, 32)
     built.training({"image": x, "label": np.zeros(2, "int32")}, training=True)
     assert len(built.training.losses) == 2

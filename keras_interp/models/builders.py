@@ -146,6 +146,7 @@ def build_part_classifier(
     loss="mutual_information",
     loss_weight=None,
     loss_weight_decay=None,
+    normalization="mean_max",
     beta=4.0,
     center="argmax",
     apply_mask=True,
@@ -207,8 +208,8 @@ def build_part_classifier(
             interpretable layers, which assign filters to classes and use
             the category-aware loss. False: the label-free Eq. 1 loss.
         background_class: class id of background-only images, if any.
-        loss, loss_weight, loss_weight_decay, beta, center, apply_mask:
-            passed to both interpretable layers (see `InterpretableMask`).
+        loss, loss_weight, loss_weight_decay, normalization, beta, center,
+            apply_mask: passed to both interpretable layers (see `InterpretableMask`).
         dropout: float, dropout rate before the classifier. Default 0.5.
         seed: int, seed of the new layers' initialisers.
         name: model name.
@@ -279,6 +280,7 @@ def build_part_classifier(
         loss=loss,
         loss_weight=loss_weight,
         loss_weight_decay=loss_weight_decay,
+        normalization=normalization,
         beta=beta,
         center=center,
         apply_mask=apply_mask,
