@@ -1,22 +1,16 @@
-"""Summarise the study's runs as a markdown table.
+"""Summarise the study (`experiments/run_study.sh`) as markdown tables.
 
-Reads `runs/study/<variant>_s<seed>/results.json` (written by
-`examples/train_cub.py`) and, when present, `evaluate_<map>.json` next to it
-(stdout of `python -m keras_interp.evaluate --model .../model.keras
---map <map>`), and prints one row per variant:
+Reads `runs/study/<run>/results.json` (written by `examples/train_cub.py`)
+and the per-epoch Keras log lines in `runs/study/<run>/train.log`, and prints
 
-* accuracy and location instability, mean +- std over seeds (std with N-1;
-  "-" for a single seed);
-* ratio of the variant's mean instability to the ordinary CNN's mean over
-  the *same seeds*, and the accuracy drop in points against the same
-  ordinary runs (paired by seed);
-* the filter losses logged over the last epoch (lambda * sum over filters of
-  -MI, mean over its batches) for `top_mask` and `part_conv`, and the same
-  divided by lambda and the number of filters: the mean per-filter MI in
-  nats (its ceiling is log(n^2 + 1) = 4.17 for the 8x8 maps);
-* part interpretability (evaluate.py, masked map), instability on the
-  authors' raw map (and its ratio to the ordinary CNN's raw-map value over
-  the same seeds) and on the backbone's top conv, when those files exist.
+* the learning-rate grid: per arm and rate, train and validation accuracy;
+* the main table: per arm, mean +- std over seeds (std with N-1) of train
+  and test accuracy and of location instability, the ratio of the arm's mean
+  instability to the ordinary CNN's over the same seeds, the two reference
+  values `keras_interp.evaluate` reports (a filter fixed at its best cell;
+  the same filters with shuffled landmarks), dead maps, and the
+  filter-to-task gradient ratio of each interpretable layer after epoch 1
+  and after the last epoch.
 
     python experiments/summarize.py [runs/study]
 """
@@ -28,11 +22,14 @@ import os
 import re
 import sys
 
-# keras_interp.layers.interpretable_mask.DEFAULT_LOSS_WEIGHTS.
-DEFAULT_LOSS_WEIGHTS = {"mutual_information": 0.02, "authors": 1.0}
-# Filters of tiny_vgg's top conv (block4_conv2) and of part_conv.
-NUM_FILTERS = {"top_mask": 128, "part_conv": 128}
-BASELINE = "ordinary"
+ARMS = ("ordinary", "interpretable", "lambda0", "nomask")
+ARM_NAMES = {
+    "ordinary": "ordinary CNN",
+    "interpretable": "interpretable (shipped defaults)",
+    "lambda0": "control: lambda = 0 (mask only)",
+    "nomask": "control: filter loss, no mask",
+}
+LAYERS = ("top_mask", "part_conv")
 
 
 def _load(path):
@@ -41,6 +38,21 @@ def _load(path):
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def _grad_ratios(log_path):
+    """`{layer: [ratio after epoch 1, 2, ...]}` from a verbose=2 train.log."""
+    ratios = {layer: [] for layer in LAYERS}
+    try:
+        lines = open(log_path).read().splitlines()
+    except OSError:
+        return ratios
+    for line in lines:
+        for layer in LAYERS:
+            match = re.search(rf"{layer}_grad_ratio: ([0-9.eE+-]+)", line)
+            if match:
+                ratios[layer].append(float(match.group(1)))
+    return ratios
 
 
 def _mean_std(values):
@@ -54,7 +66,8 @@ def _mean_std(values):
     return mean, math.sqrt(var)
 
 
-def _fmt(mean, std, digits):
+def _fmt(values, digits):
+    mean, std = _mean_std(values)
     if mean is None:
         return "-"
     if std is None:
@@ -62,149 +75,102 @@ def _fmt(mean, std, digits):
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def collect(root):
-    runs = {}
-    for path in sorted(glob.glob(os.path.join(root, "*_s*", "results.json"))):
-        folder = os.path.basename(os.path.dirname(path))
-        match = re.fullmatch(r"(.+)_s(\d+)", folder)
-        if not match:
-            continue
-        results = _load(path)
-        if results is None:
-            continue
-        variant, seed = match.group(1), int(match.group(2))
-        config = results.get("config", {})
-        logs = results.get("final_train_logs", {})
-        weight = config.get("loss_weight")
-        if weight is None:
-            weight = DEFAULT_LOSS_WEIGHTS.get(config.get("loss"), 0.0)
-        row = {
-            "seed": seed,
-            "interpretable": config.get("interpretable", True),
-            "accuracy": results.get("accuracy"),
-            "instability": results.get("location_instability"),
-            "train_accuracy": logs.get("accuracy"),
-            "seconds": results.get("seconds"),
-        }
-        for layer, filters in NUM_FILTERS.items():
-            value = logs.get(f"{layer}_filter_loss")
-            row[f"{layer}_loss"] = value
-            row[f"{layer}_mi"] = (
-                -value / (weight * filters)
-                if value is not None and weight and row["interpretable"]
-                else None
-            )
-        extra = os.path.dirname(path)
-        masked = _load(os.path.join(extra, "evaluate_masked.json")) or {}
-        raw = _load(os.path.join(extra, "evaluate_raw.json")) or {}
-        top = _load(os.path.join(extra, "evaluate_top_masked.json")) or {}
-        row["part_interpretability"] = masked.get("part_interpretability")
-        row["instability_raw"] = raw.get("location_instability")
-        row["instability_top"] = top.get("location_instability")
-        runs.setdefault(variant, {})[seed] = row
-    return runs
+def _run(path):
+    r = _load(os.path.join(path, "results.json"))
+    if r is None:
+        return None
+    dead = r.get("dead_maps") or {}
+    selection = r.get("location_instability_selection") or {}
+    return {
+        "lr": r["config"]["learning_rate"],
+        "seed": r["config"]["seed"],
+        "train_acc": r["final_train_logs"].get("accuracy"),
+        "acc": r["accuracy"],
+        "li": r.get("location_instability"),
+        "fixed": r.get("location_instability_fixed_cell"),
+        "shuffled": r.get("location_instability_shuffled_landmarks"),
+        "dead_maps": dead.get("map_fraction"),
+        "dead_filters": dead.get("filter_fraction"),
+        "dropped": selection.get("dead_dropped_fraction"),
+        "ratios": _grad_ratios(os.path.join(path, "train.log")),
+        "seconds": r.get("seconds"),
+    }
 
 
-def table(runs):
-    base = runs.get(BASELINE, {})
-    order = [BASELINE] + sorted(v for v in runs if v != BASELINE)
-    lines = [
-        "| variant | seeds | test accuracy | location instability | "
-        "ratio to ordinary | accuracy drop (points) | train accuracy | "
-        "top_mask filter loss (MI/filter) | part_conv filter loss "
-        "(MI/filter) | part interpretability | instability, raw map | "
-        "ratio, raw map | instability, top conv |",
-        "|" + "---|" * 13,
-    ]
-    for variant in order:
-        if variant not in runs:
-            continue
-        seeds = sorted(runs[variant])
-        rows = [runs[variant][s] for s in seeds]
-
-        def stat(key, rows=rows):
-            return _mean_std([r[key] for r in rows])
-
-        acc, acc_std = stat("accuracy")
-        ins, ins_std = stat("instability")
-        paired = [base[s] for s in seeds if s in base]
-        ratio = drop = ratio_raw = "-"
-        raw, raw_std = stat("instability_raw")
-        if variant != BASELINE and len(paired) == len(seeds):
-            # Only when every run of both has its raw-map value (paired).
-            base_raw, _ = _mean_std([r["instability_raw"] for r in paired])
-            complete = all(
-                r["instability_raw"] is not None for r in paired + rows
-            )
-            if complete and raw is not None and base_raw:
-                ratio_raw = f"{raw / base_raw:.2f}"
-            base_ins, _ = _mean_std([r["instability"] for r in paired])
-            base_acc, _ = _mean_std([r["accuracy"] for r in paired])
-            if ins is not None and base_ins:
-                ratio = f"{ins / base_ins:.2f}"
-            if acc is not None and base_acc is not None:
-                drop = f"{100 * (base_acc - acc):+.1f}"
-
-        def loss_cell(layer):
-            loss, _ = stat(f"{layer}_loss")
-            mi, _ = stat(f"{layer}_mi")
-            if loss is None:
-                return "-"
-            return f"{loss:.2e} ({mi:.1e})" if mi is not None else f"{loss:.2e}"
-
-        cells = [
-            variant,
-            ",".join(str(s) for s in seeds),
-            _fmt(acc, acc_std, 3),
-            _fmt(ins, ins_std, 4),
-            ratio,
-            drop,
-            _fmt(*stat("train_accuracy"), 3),
-            loss_cell("top_mask"),
-            loss_cell("part_conv"),
-            _fmt(*stat("part_interpretability"), 3),
-            _fmt(raw, raw_std, 4),
-            ratio_raw,
-            _fmt(*stat("instability_top"), 4),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def per_run(runs):
-    lines = [
-        "| run | accuracy | instability | train accuracy | seconds |",
+def grid_table(out):
+    rows = [
+        "| arm | learning rate | train accuracy | validation accuracy | "
+        "instability (validation) |",
         "|---|---|---|---|---|",
     ]
-    for variant in sorted(runs):
-        for seed, r in sorted(runs[variant].items()):
-            acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
-            ins = (
-                "-" if r["instability"] is None else f"{r['instability']:.4f}"
+    for arm in ARMS:
+        runs = []
+        for path in glob.glob(os.path.join(out, f"grid_{arm}_lr*")):
+            run = _run(path)
+            if run is not None:
+                runs.append(run)
+        if not runs:
+            continue
+        best = max(runs, key=lambda r: (r["acc"], -r["lr"]))
+        for run in sorted(runs, key=lambda r: r["lr"]):
+            mark = " (picked)" if run is best else ""
+            rows.append(
+                f"| {arm} | {run['lr']:g}{mark} | {run['train_acc']:.3f} | "
+                f"{run['acc']:.3f} | {run['li']:.4f} |"
             )
-            tr = (
-                "-"
-                if r["train_accuracy"] is None
-                else f"{r['train_accuracy']:.3f}"
-            )
-            lines.append(
-                f"| {variant}_s{seed} | {acc} | {ins} | {tr} | "
-                f"{r['seconds']} |"
-            )
-    return "\n".join(lines)
+    return "\n".join(rows)
 
 
-def main(argv):
-    root = argv[1] if len(argv) > 1 else "runs/study"
-    runs = collect(root)
-    if not runs:
-        print(f"No runs/study results under {root!r}.")
-        return 1
-    print(table(runs))
-    print()
-    print(per_run(runs))
-    return 0
+def main_table(out):
+    by_arm = {}
+    for arm in ARMS:
+        for path in sorted(glob.glob(os.path.join(out, f"{arm}_s[0-9]*"))):
+            run = _run(path)
+            if run is not None:
+                by_arm.setdefault(arm, []).append(run)
+    base = {r["seed"]: r for r in by_arm.get("ordinary", [])}
+    rows = [
+        "| arm | seeds | lr | train acc | test acc | instability | ratio | "
+        "fixed cell | shuffled | dead maps (filters) | dead dropped | "
+        "grad ratio top_mask, ep 1 / last | grad ratio part_conv, ep 1 / last |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, runs in by_arm.items():
+        paired = [r for r in runs if r["seed"] in base]
+        ratio = "-"
+        if paired:
+            own, _ = _mean_std([r["li"] for r in paired])
+            ref, _ = _mean_std([base[r["seed"]]["li"] for r in paired])
+            if own is not None and ref:
+                ratio = f"{own / ref:.2f}"
+        grads = []
+        for layer in LAYERS:
+            first = [r["ratios"][layer][0] for r in runs if r["ratios"][layer]]
+            last = [r["ratios"][layer][-1] for r in runs if r["ratios"][layer]]
+            grads.append(
+                f"{_fmt(first, 3)} / {_fmt(last, 3)}" if first else "-"
+            )
+        rows.append(
+            f"| {ARM_NAMES[arm]} | {','.join(str(r['seed']) for r in runs)} | "
+            f"{runs[0]['lr']:g} | {_fmt([r['train_acc'] for r in runs], 3)} | "
+            f"{_fmt([r['acc'] for r in runs], 3)} | "
+            f"{_fmt([r['li'] for r in runs], 4)} | {ratio} | "
+            f"{_fmt([r['fixed'] for r in runs], 4)} | "
+            f"{_fmt([r['shuffled'] for r in runs], 4)} | "
+            f"{_fmt([r['dead_maps'] for r in runs], 3)} "
+            f"({_fmt([r['dead_filters'] for r in runs], 3)}) | "
+            f"{_fmt([r['dropped'] for r in runs], 3)} | {grads[0]} | "
+            f"{grads[1]} |"
+        )
+    return "\n".join(rows)
+
+
+def main(out):
+    print("### Learning-rate grid (validation draw, seed 0)\n")
+    print(grid_table(out))
+    print("\n### Test split (mean ± std over seeds)\n")
+    print(main_table(out))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/study")
