@@ -36,7 +36,9 @@ def main(out):
         layer.losses[0].backward()
         return inputs.grad.numpy().tolist()
 
-    authors = dict(loss="authors", center="centroid")
+    # lambda = 1, the scale of `authors_filter_gradient` that the test
+    # compares against (the layer's default lambda for this loss is 0.02).
+    authors = dict(loss="authors", center="centroid", loss_weight=1.0)
     results["authors_grad"] = layer_gradient(1.0, **authors)
     # The default loss is scale-free: for 5 x the gradient is 5 times
     # smaller, for both the exact loss and the authors' surrogate.
