@@ -8,7 +8,10 @@ the same backbone, seeds and head; only the interpretable parts differ):
 
 * `plain`: `interpretable=False`, the identical CNN with a plain
   `Conv2D(activation="relu")` as "part_conv" and no "top_mask".
-* `interp`: the paper's model, defaults (category-aware exact loss).
+* `interp`: the paper's model, defaults (category-aware exact loss, on
+  the scale-free maps: `normalization="mean_max"`).
+* `interp_paperscale`: `interp` with `normalization=None` (Eq. 1 on the
+  raw maps, the paper's literal scale), to see what the scale costs.
 * `labelfree`: `category_aware=False` (Eq. 1 without labels).
 * `maskonly`: `loss=None` (the masks only, no filter loss).
 * `authors`: `loss="authors"` (the authors' surrogate gradient).
@@ -40,6 +43,7 @@ import keras_interp
 VARIANTS = (
     "plain",
     "interp",
+    "interp_paperscale",
     "labelfree",
     "maskonly",
     "authors",
@@ -69,6 +73,7 @@ def _variant_kwargs(variant):
     return {
         "plain": {"interpretable": False},
         "interp": {},
+        "interp_paperscale": {"normalization": None},
         "labelfree": {"category_aware": False},
         "maskonly": {"loss": None},
         "authors": {"loss": "authors"},

@@ -69,11 +69,17 @@ def category_mutual_information_take(
     tau=None,
     alpha=None,
     center="argmax",
+    normalization=losses.DEFAULT_NORMALIZATION,
     reduction=None,
 ):
     """`losses.category_mutual_information` with `take_along_axis`."""
     stats = losses.template_log_likelihoods(
-        feature_maps, beta=beta, tau=tau, alpha=alpha, reduction=reduction
+        feature_maps,
+        beta=beta,
+        tau=tau,
+        alpha=alpha,
+        normalization=normalization,
+        reduction=reduction,
     )
     index = losses.chosen_templates(feature_maps, positives, center=center)
     index = index[..., None]
