@@ -348,8 +348,13 @@ def test_training_under_mixed_precision(policy):
         )
     # The loss math is float32, but it reads maps computed in low precision;
     # the MI is a second-order quantity of small differences between images,
-    # so bfloat16's 8-bit mantissa moves it by up to ~20 %.
-    rtol = {"mixed_float16": 0.02, "mixed_bfloat16": 0.3}[policy]
+    # so bfloat16's 8-bit mantissa moves it by up to ~20 %. float16 moves the
+    # backbone's maps by ~0.4 %, enough to flip near-ties of the loss's two
+    # discrete choices: a top_mask peak cell, and a part_conv filter's
+    # category (the argmax of its per-class mean activations). One flip moves
+    # the 8-filter MI by up to ~5 % (measured with the default scale-free
+    # loss over seeds 0-4: at most 4.8 % on part_conv, 2.3 % on the total).
+    rtol = {"mixed_float16": 0.06, "mixed_bfloat16": 0.3}[policy]
     for name in ("part_conv_filter_loss", "top_mask_filter_loss", "loss"):
         assert np.isfinite(logs[name][0]), name
         np.testing.assert_allclose(logs[name][0], ref_logs[name][0], rtol=rtol)
