@@ -153,12 +153,22 @@ def normalize_maps(feature_maps, *, normalization="mean_max", reduction=None):
     if normalization is None:
         return x
     _check_feature_maps(feature_maps)
-    _, height, width, _ = feature_maps.shape
+    return _mean_max_scaled(x, reduction)[0]
+
+
+def _mean_max_scaled(x, reduction):
+    """`(x_hat, m_safe, alive)` for `normalize_maps`: `x * n^2 / m_f`, `m_f`
+    (1 where the filter is dead) and `m_f > 0`.
+
+    The one computation of `m_f` shared by `normalize_maps` and
+    `chain_normalization`.
+    """
+    _, height, width, _ = x.shape
     m = mean_max(x, reduction=reduction)
     alive = m > 0
     safe = ops.where(alive, m, ops.ones_like(m))
     scaled = x * (float(height * width) / safe)
-    return ops.where(alive, scaled, ops.zeros_like(x))
+    return ops.where(alive, scaled, ops.zeros_like(x)), safe, alive
 
 
 def chain_normalization(
@@ -196,10 +206,7 @@ def chain_normalization(
     reduction = LOCAL_BATCH if reduction is None else reduction
     _, height, width, _ = feature_maps.shape
     n2 = float(height * width)
-    x_hat = normalize_maps(x, reduction=reduction)
-    m = mean_max(x, reduction=reduction)
-    alive = m > 0
-    safe = ops.where(alive, m, ops.ones_like(m))
+    x_hat, safe, alive = _mean_max_scaled(x, reduction)
     peaks = ops.max(x, axis=(1, 2), keepdims=True)
     at_peak = ops.cast(ops.equal(x, peaks), "float32")
     ties = ops.sum(at_peak, axis=(1, 2), keepdims=True)
