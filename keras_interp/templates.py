@@ -26,6 +26,10 @@ TAU_NUMERATOR = 0.5
 # `getMu.m` floors the centroid denominator at this value.
 CENTROID_EPSILON = 1e-9
 CENTERS = ("argmax", "centroid")
+# The one default of `center` across layers, builders, the training driver and
+# its flags (docs/method_notes.md, item 1): the authors' centroid, the centre
+# the study in experiments/RESULTS.md trained with.
+DEFAULT_CENTER = "centroid"
 
 
 def _check_size(name: str, value: Any) -> int:
