@@ -55,6 +55,10 @@ class BackbonePreprocessing(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+# Moving-average momentum of tiny_vgg's batch-norm statistics (see below).
+BATCH_NORM_MOMENTUM = 0.9
+
+
 def tiny_vgg(input_tensor=None, input_shape=None, weights=None, **kwargs):
     """A small VGG-style backbone (4 blocks, 32-64-128-128 filters) for CPUs.
 
@@ -82,7 +86,14 @@ def tiny_vgg(input_tensor=None, input_shape=None, weights=None, **kwargs):
                 name=name,
             )(x)
             # Batch norm lets it train from scratch in a few CPU minutes.
-            x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+            # Momentum 0.9 (PyTorch's default), not Keras' 0.99: a run of a
+            # few hundred steps leaves 0.99's moving statistics lagging the
+            # early, much larger activations, and the model then fails in
+            # inference mode (measured: train-split accuracy 0.39 in
+            # inference vs 0.94 after re-estimating the statistics).
+            x = keras.layers.BatchNormalization(
+                momentum=BATCH_NORM_MOMENTUM, name=f"{name}_bn"
+            )(x)
             x = keras.layers.ReLU(name=f"{name}_relu")(x)
     inputs = keras.utils.get_source_inputs(input_tensor)
     model = keras.Model(inputs, x, name="tiny_vgg")
