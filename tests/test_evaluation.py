@@ -440,6 +440,31 @@ def test_peaks_from_maps_matches_loop():
     assert index.tolist() == [[[0, 0]]]
 
 
+def test_peaks_are_the_layers_argmax_on_ties_and_blank_maps():
+    # The evaluation's peak is the layers' own argmax centre: the same cell
+    # on ties (first in row-major order, not column-major) and on blank
+    # maps ((0, 0)), whose peak value is the blank value.
+    maps = np.zeros((4, 3, 4, 3), "float32")
+    maps[0, 0, 3, 0] = maps[0, 2, 0, 0] = 2.0  # row-major first: (0, 3)
+    maps[0, 1, 1, 1] = maps[0, 1, 2, 1] = 1.0  # same row: (1, 1)
+    maps[1] = -1.0  # constant negative (raw map of a silent filter)
+    maps[1, 2, 3, 2] = -0.5
+    maps[2, 1:, :, :] = 7.0  # a tie over whole rows: (1, 0)
+    index, value = evaluation.peaks_from_maps(maps)
+    layers = np.asarray(
+        keras_interp.templates.part_centers(maps, center="argmax")
+    )
+    np.testing.assert_array_equal(index, layers)
+    assert index[0].tolist() == [[0, 3], [1, 1], [0, 0]]
+    assert value[0].tolist() == [2.0, 1.0, 0.0]
+    assert index[1].tolist() == [[0, 0], [0, 0], [2, 3]]
+    assert value[1].tolist() == [-1.0, -1.0, -0.5]
+    assert index[2].tolist() == [[1, 0]] * 3
+    assert index[3].tolist() == [[0, 0]] * 3  # all-zero: a dead map
+    assert value[3].tolist() == [0.0] * 3
+    assert index.dtype == np.int64 and value.dtype == np.float32
+
+
 def on_centres(index, rf=RF16):
     """Landmarks `[x, y]` exactly on the RF centres of `index` (N, 2)."""
     y, x = rf.centers(index[:, 0], index[:, 1])
