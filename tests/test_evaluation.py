@@ -1457,3 +1457,7 @@ def test_plot_top_images_writes_pngs(tmp_path):
         evaluation.plot_top_images(pictures, maps, [3], str(tmp_path))
     with pytest.raises(ValueError, match="same N"):
         evaluation.plot_top_images(pictures[:2], maps, [0], str(tmp_path))
+    # Its peaks are `peaks_from_maps`'s: a diverged model's maps are refused.
+    maps[1, 0, 0, 2] = np.nan
+    with pytest.raises(ValueError, match="`feature_maps` must be finite"):
+        evaluation.plot_top_images(pictures, maps, [0], str(tmp_path))

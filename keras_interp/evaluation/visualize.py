@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from keras_interp.evaluation.peaks import peaks_from_maps
 from keras_interp.evaluation.receptive_field import PIXEL_CENTER
 from keras_interp.evaluation.receptive_field import ReceptiveField
 from keras_interp.evaluation.receptive_field import check_receptive_field
@@ -92,7 +93,8 @@ def plot_top_images(
     For each filter, the `top_k` images with the highest map peak are shown
     in decreasing order, each with the filter's map upsampled over it
     (`upsample_map`, one colour scale per filter) and the peak cell's RF
-    centre marked. Drawn with matplotlib's Agg canvas, without pyplot.
+    centre marked. Peaks are `peaks_from_maps`'s, the cells the location
+    instability reads. Drawn with matplotlib's Agg canvas, without pyplot.
 
     Args:
         images: `(N, H, W, 3)` images, 0..255 (the data pipeline) or 0..1.
@@ -109,7 +111,8 @@ def plot_top_images(
         The list of written file paths, in `filter_ids` order.
 
     Raises:
-        ValueError: for inconsistent shapes, a bad filter id or `top_k`.
+        ValueError: for inconsistent shapes, a bad filter id or `top_k`,
+            or non-finite `maps` (a diverged model).
         ImportError: if matplotlib is not installed.
 
     Example:
@@ -151,10 +154,11 @@ def plot_top_images(
     columns = min(count, MAX_COLUMNS)
     rows = -(-count // columns)
     paths = []
+    peak_index, peak_value = peaks_from_maps(maps)
     for f in filter_ids:
         f = int(f)
         filter_maps = maps[..., f]
-        peaks = filter_maps.reshape(len(maps), -1).max(axis=1)
+        peaks = peak_value[:, f]
         order = np.argsort(-peaks, kind="stable")[:count]
         heats = [
             upsample_map(filter_maps[n], images.shape[1:3], rf) for n in order
@@ -168,10 +172,7 @@ def plot_top_images(
             axis = figure.add_subplot(rows, columns, slot + 1)
             axis.imshow(_display(images[n]).squeeze())
             axis.imshow(heat, cmap=cmap, alpha=alpha, vmin=low, vmax=high)
-            row, col = np.unravel_index(
-                np.argmax(filter_maps[n]), filter_maps[n].shape
-            )
-            y, x = rf.centers(row, col)
+            y, x = rf.centers(*peak_index[n, f])
             # imshow puts pixel k's centre at k; ours is at k + 0.5.
             axis.plot(
                 x - PIXEL_CENTER,
