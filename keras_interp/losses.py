@@ -1,34 +1,21 @@
 """The filter loss of Interpretable CNNs, in pure `keras.ops`.
 
 Paper: Zhang, Wu, Zhu, "Interpretable Convolutional Neural Networks",
-CVPR 2018, Section 3.1 (Eqs. 1-4). Authors' code: the backward pass of the
-`conv_mask` layer in `our_vl_simplenn.m` (`docs/method_notes.md`).
+CVPR 2018, Section 3.1 (Eqs. 1-4). The authors' code computes a surrogate
+gradient instead of this loss; it lives in `keras_interp.authors_loss` and
+is re-exported here (`authors_filter_gradient`, `learned_beta_target`).
 
 All functions take channels-last feature maps `[batch, height, width,
 filters]` taken after ReLU, compute in float32 whatever the input dtype, and
 return one value per filter. The batch plays the role of the paper's image
-set `X`.
+set `X`; a `reduction` (`BatchReduction`) says which batch.
 
-Scale. With the paper's `tau = 0.5 / n^2` the template logits
-`tr(x . T)` grow with the activations, so Eq. 1 computed on raw maps
-depends on the arbitrary scale of each backbone's activations: rescaling a
-filter's maps by `c` changes its MI, and not even monotonically. Minimising
-`-MI` then rewards rescaling the activations instead of localising them.
-The paper's `tau` implicitly assumes peaks of order `n^2` (VGG-16 conv5 on
-0-255 inputs). Every loss function here therefore takes a
-`normalization` argument:
-
-* `"mean_max"` (default): Eq. 1 is computed on
-  `x_hat = x * n^2 / m_f`, where `n^2 = H * W` and `m_f` is the batch mean
-  of filter `f`'s spatial maximum (the paper's "mean max x", Section 5,
-  which the paper folds into `lambda`). The gradient flows through `m_f`.
-  The loss is then scale-free: `loss(c x) = loss(x)` for every `c > 0`, its
-  gradient scales as `1 / c`, and it is orthogonal to `x` filter by filter
-  (`sum x dLoss/dx = 0`), so the loss cannot be lowered by inflating or
-  shrinking a filter's activations. `tau`, `beta` and `alpha` keep the
-  paper's meaning, applied to `x_hat`. A dead filter (`m_f = 0`) has loss
-  0 and gradient 0.
-* `None`: the paper-literal Eq. 1 on the raw maps, for reproduction.
+Scale. Every loss function takes a `normalization` argument:
+`"mean_max"` (default) computes Eq. 1 on the scale-free
+`x_hat = x * H*W / m_f` (`m_f` the batch mean of filter `f`'s spatial
+maximum), `None` on the raw maps (paper-literal). Why, and the helpers
+(`normalize_maps`, `chain_normalization`, `mean_max`): see
+`keras_interp.normalization`, whose names are re-exported here.
 """
 
 import math
@@ -37,16 +24,25 @@ from keras import ops
 
 from keras_interp import templates as templates_lib
 
-# Authors' code (`our_vl_simplenn.m`): the temperature they call `alpha`.
-AUTHORS_TEMPERATURE = 0.5
-# Authors' code: the injected gradient is scaled by 1e-5 / K_t with
-# K_t = t / mag and mag = 0.1 (`code/tool/nets/*.m`).
-AUTHORS_GRADIENT_SCALE = 1e-5
-AUTHORS_MAG = 0.1
-# Authors' beta rule (section 4.3): beta* = clip(3 / sigma, 1.5, 3), in the
-# code's [-1, 1] coordinates.
-AUTHORS_BETA_NUMERATOR = 3.0
-AUTHORS_BETA_RANGE = (1.5, 3.0)
+# Re-exported: `keras_interp.losses.X` names the whole filter-loss API.
+from keras_interp.authors_loss import AUTHORS_BETA_NUMERATOR  # noqa: F401
+from keras_interp.authors_loss import AUTHORS_BETA_RANGE  # noqa: F401
+from keras_interp.authors_loss import AUTHORS_CENTER  # noqa: F401
+from keras_interp.authors_loss import AUTHORS_GRADIENT_SCALE  # noqa: F401
+from keras_interp.authors_loss import AUTHORS_MAG  # noqa: F401
+from keras_interp.authors_loss import AUTHORS_TEMPERATURE  # noqa: F401
+from keras_interp.authors_loss import authors_filter_gradient  # noqa: F401
+from keras_interp.authors_loss import code_to_paper_beta_scale  # noqa: F401
+from keras_interp.authors_loss import learned_beta_target  # noqa: F401
+from keras_interp.normalization import DEFAULT_NORMALIZATION
+from keras_interp.normalization import LOCAL_BATCH
+from keras_interp.normalization import NORMALIZATIONS  # noqa: F401
+from keras_interp.normalization import BatchReduction  # noqa: F401
+from keras_interp.normalization import chain_normalization  # noqa: F401
+from keras_interp.normalization import check_feature_maps
+from keras_interp.normalization import check_normalization  # noqa: F401
+from keras_interp.normalization import mean_max  # noqa: F401
+from keras_interp.normalization import normalize_maps
 
 
 def default_alpha(height: int, width: int) -> float:
@@ -61,159 +57,6 @@ def _check_alpha(alpha):
             "(0, 1); the paper uses H*W / (1 + H*W). Received: "
             f"alpha={alpha!r}."
         )
-
-
-def _check_feature_maps(feature_maps, name="feature_maps"):
-    shape = tuple(feature_maps.shape)
-    if len(shape) != 4:
-        raise ValueError(
-            f"`{name}` must be a rank-4 tensor [batch, height, width, "
-            f"filters] (channels-last). Received shape {shape}."
-        )
-    if shape[1] is None or shape[2] is None:
-        raise ValueError(
-            f"`{name}` must have static spatial dimensions; the templates "
-            f"depend on them. Received shape {shape}."
-        )
-
-
-class BatchReduction:
-    """Reductions over the batch axis, the paper's image set `X`.
-
-    The default reduces over the tensor's own batch. Under `tf.distribute`
-    with several replicas, `keras_interp.distribute.CrossReplicaReduction`
-    reduces over the global batch instead, so `Z_T` and `p(x)` are the
-    global-batch quantities. Every method keeps the batch axis (size 1).
-    """
-
-    def sum(self, x):
-        return ops.sum(x, axis=0, keepdims=True)
-
-    def max(self, x):
-        return ops.max(x, axis=0, keepdims=True)
-
-    def size(self, x):
-        return ops.cast(ops.shape(x)[0], "float32")
-
-
-LOCAL_BATCH = BatchReduction()
-
-# Scale of the maps the filter loss sees; see the module docstring.
-NORMALIZATIONS = ("mean_max", None)
-DEFAULT_NORMALIZATION = "mean_max"
-
-
-def check_normalization(normalization):
-    """Validates the `normalization` argument and returns it."""
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(
-            f"`normalization` must be one of {NORMALIZATIONS}: 'mean_max' "
-            "(the scale-free default, Eq. 1 on x * H*W / mean max x) or None "
-            "(the paper-literal scale). Received: "
-            f"normalization={normalization!r}."
-        )
-    return normalization
-
-
-def mean_max(feature_maps, *, reduction=None):
-    """`m_f`, the batch mean of each filter's spatial maximum, `[filters]`.
-
-    The paper's "mean max x" (Section 5). `reduction` says what the batch
-    is: under `tf.distribute` a cross-replica reduction gives the global
-    batch mean. Differentiable (the maximum's gradient is shared equally by
-    tied cells).
-    """
-    reduction = LOCAL_BATCH if reduction is None else reduction
-    peaks = ops.max(ops.cast(feature_maps, "float32"), axis=(1, 2))  # [B, C]
-    return reduction.sum(peaks)[0] / reduction.size(peaks)
-
-
-def normalize_maps(feature_maps, *, normalization="mean_max", reduction=None):
-    """The maps the filter loss scores: `x * H*W / m_f`, or `x` itself.
-
-    With `normalization="mean_max"`, each filter's maps are divided by
-    `m_f = mean_batch max_ij x` (`mean_max`) and multiplied by `n^2 = H*W`,
-    so that the mean peak is `n^2`, the scale the paper's
-    `tau = 0.5 / n^2` assumes. The gradient flows through `m_f`. A filter
-    with `m_f <= 0` (dead on the whole batch) maps to zeros, with a zero
-    gradient and no NaN. With `normalization=None` the float32 maps are
-    returned unchanged (the paper-literal loss).
-
-    Args:
-        feature_maps: non-negative tensor `[batch, height, width, filters]`.
-        normalization: `"mean_max"` (default) or None.
-        reduction: optional `BatchReduction` (global batch under
-            `tf.distribute`).
-
-    Returns:
-        float32 tensor, the shape of `feature_maps`.
-    """
-    check_normalization(normalization)
-    x = ops.cast(feature_maps, "float32")
-    if normalization is None:
-        return x
-    _check_feature_maps(feature_maps)
-    return _mean_max_scaled(x, reduction)[0]
-
-
-def _mean_max_scaled(x, reduction):
-    """`(x_hat, m_safe, alive)` for `normalize_maps`: `x * n^2 / m_f`, `m_f`
-    (1 where the filter is dead) and `m_f > 0`.
-
-    The one computation of `m_f` shared by `normalize_maps` and
-    `chain_normalization`.
-    """
-    _, height, width, _ = x.shape
-    m = mean_max(x, reduction=reduction)
-    alive = m > 0
-    safe = ops.where(alive, m, ops.ones_like(m))
-    scaled = x * (float(height * width) / safe)
-    return ops.where(alive, scaled, ops.zeros_like(x)), safe, alive
-
-
-def chain_normalization(
-    gradient, feature_maps, *, normalization="mean_max", reduction=None
-):
-    """`dL/dx` from `dL/dx_hat`, through `x_hat = normalize_maps(x)`.
-
-    The exact chain rule, `m_f` included:
-
-    ```
-    dL/dx = n^2 / m_f * (G - (sum_{b,i,j} G x_hat) / n^2 * dm_f/dx)
-    dm_f/dx[b,i,j] = 1 / (B * ties_b)  at the peak cells of image b, else 0
-    ```
-
-    with `G = dL/dx_hat`, the sum over the (global) batch and `ties_b` the
-    number of cells tied at image `b`'s maximum (the maximum's gradient is
-    shared equally, as autodiff does). The result is orthogonal to `x`
-    filter by filter. Zero for dead filters (`m_f <= 0`); `G` itself with
-    `normalization=None`. Used for the authors' surrogate, which gives a
-    gradient but no loss to differentiate.
-
-    Args:
-        gradient: `[batch, height, width, filters]`, `dL/dx_hat`.
-        feature_maps: the raw maps `x`, same shape.
-        normalization, reduction: as in `normalize_maps`.
-
-    Returns:
-        float32 tensor, the shape of `feature_maps`.
-    """
-    check_normalization(normalization)
-    g = ops.cast(gradient, "float32")
-    if normalization is None:
-        return g
-    x = ops.cast(feature_maps, "float32")
-    reduction = LOCAL_BATCH if reduction is None else reduction
-    _, height, width, _ = feature_maps.shape
-    n2 = float(height * width)
-    x_hat, safe, alive = _mean_max_scaled(x, reduction)
-    peaks = ops.max(x, axis=(1, 2), keepdims=True)
-    at_peak = ops.cast(ops.equal(x, peaks), "float32")
-    ties = ops.sum(at_peak, axis=(1, 2), keepdims=True)
-    dm_dx = at_peak / (ties * reduction.size(x))
-    projection = reduction.sum(ops.sum(g * x_hat, axis=(1, 2)))[0] / n2
-    chained = (n2 / safe) * (g - projection * dm_dx)
-    return ops.where(alive, chained, ops.zeros_like(chained))
 
 
 def _log_mean_exp_over_batch(z, reduction):
@@ -267,10 +110,10 @@ def _kl_term(ratio_log):
 def template_log_likelihoods(
     feature_maps,
     *,
-    beta=4.0,
+    beta=templates_lib.DEFAULT_BETA,
     tau=None,
     alpha=None,
-    normalization="mean_max",
+    normalization=DEFAULT_NORMALIZATION,
     reduction=None,
 ):
     """Log-likelihoods of every feature map under every part template.
@@ -295,7 +138,7 @@ def template_log_likelihoods(
         `[H*W + 1]`, `log_px` `[batch, filters, 1]` and `log_ratio`
         `[batch, filters, H*W + 1]`.
     """
-    _check_feature_maps(feature_maps)
+    check_feature_maps(feature_maps)
     _, height, width, filters = feature_maps.shape
     n_cells = height * width
     alpha = default_alpha(height, width) if alpha is None else alpha
@@ -336,10 +179,10 @@ def template_log_likelihoods(
 def mutual_information(
     feature_maps,
     *,
-    beta=4.0,
+    beta=templates_lib.DEFAULT_BETA,
     tau=None,
     alpha=None,
-    normalization="mean_max",
+    normalization=DEFAULT_NORMALIZATION,
     reduction=None,
 ):
     """Mutual information between feature maps and part templates (Eq. 1).
@@ -398,11 +241,16 @@ def mutual_information(
     return ops.sum(ops.sum(terms, axis=0) * ops.exp(stats["log_prior"]), -1)
 
 
-def chosen_templates(feature_maps, positives, *, center="argmax"):
+def chosen_templates(
+    feature_maps, positives, *, center=templates_lib.DEFAULT_CENTER
+):
     """Index of each map's label-consistent template `T^` (paper Eq. 4).
 
     `T^ = T_mu` (the positive template at the map's centre) for images of the
-    filter's category, and `T-` (index `H*W`) for the others.
+    filter's category, and `T-` (index `H*W`) for the others. The centre
+    is `templates.part_centers(feature_maps, center=center)`: `"argmax"`
+    (paper) or `"centroid"` (authors' code), default
+    `templates.DEFAULT_CENTER`.
 
     Returns:
         int32 tensor `[batch, filters]`.
@@ -420,11 +268,11 @@ def category_mutual_information(
     feature_maps,
     positives,
     *,
-    beta=4.0,
+    beta=templates_lib.DEFAULT_BETA,
     tau=None,
     alpha=None,
-    center="argmax",
-    normalization="mean_max",
+    center=templates_lib.DEFAULT_CENTER,
+    normalization=DEFAULT_NORMALIZATION,
     reduction=None,
 ):
     """The label-consistent part of Eq. 1: the category-aware filter loss.
@@ -451,6 +299,7 @@ def category_mutual_information(
         beta, tau, alpha, normalization, reduction: as in
             `mutual_information`.
         center: `"argmax"` (paper) or `"centroid"` (authors' code).
+            Default `templates.DEFAULT_CENTER`.
 
     Returns:
         float32 tensor of shape `[filters]`.
@@ -472,190 +321,3 @@ def category_mutual_information(
     log_ratio = ops.sum(select * stats["log_ratio"], axis=-1)
     prior = ops.sum(select * ops.exp(stats["log_prior"]), axis=-1)
     return ops.sum(prior * ops.exp(log_lik) * log_ratio, axis=0)
-
-
-def _relative_weights(logits, factors, members):
-    """`g / mean_{members} g` with `g = exp(logits) * factors`, stably.
-
-    The common factor `exp(max logits)` cancels in the ratio, so it is
-    divided out first; non-members get 0, and an empty or zero-mean set
-    gives 0 (the authors replace NaN by 0).
-    """
-    neg_inf = ops.full_like(logits, -float("inf"))
-    shift = ops.max(ops.where(members > 0, logits, neg_inf), axis=0)
-    shift = ops.where(ops.isfinite(shift), shift, ops.zeros_like(shift))
-    safe = ops.where(members > 0, logits - shift, ops.zeros_like(logits))
-    g = ops.where(members > 0, ops.exp(safe) * factors, ops.zeros_like(logits))
-    mean = ops.divide_no_nan(ops.sum(g, axis=0), ops.sum(members, axis=0))
-    return ops.divide_no_nan(g, mean)
-
-
-def authors_filter_gradient(
-    feature_maps,
-    positives,
-    *,
-    beta=4.0,
-    center="centroid",
-    epoch=1.0,
-    positive_weight=1.0,
-    negative_weight=1.0,
-    normalization="mean_max",
-    reduction=None,
-):
-    """The authors' surrogate gradient of the filter loss.
-
-    The authors' MatConvNet code never computes the filter loss; it adds
-    this hand-made, magnitude-normalised term to `dL/dx` in the backward pass
-    of `conv_mask`. With the temperature `a = 0.5`, `K = epoch / 0.1`, and
-    the unclipped mask `m = max(1 - beta d, -1)` around each map's centre:
-
-    ```
-    s[b,c]  = mean_ij x[b,i,j,c] m[b,i,j,c]
-    s'[b,c] = mean_ij x[b,i,j,c] m[B-1-b,i,j,C-1-c]   (mask reversed in b, c)
-    A+[c] = a log mean_b exp(s'[b,c] / a)
-    A-[c] = a log mean_b exp(-xbar[b,c] / a)          (xbar: spatial mean)
-    positive (b,c): g = exp(s/a) (s - A+ + a)
-                    G = -1e-5 w+ g / (mean_P g K) m
-    negative (b,c): g = exp(-xbar/a) (-xbar - A- + a)
-                    G = +1e-5 w- g / (mean_N g K)
-    ```
-
-    The means run over the filter's positive (P) or negative (N) images.
-    This is Eq. 4 with a temperature, the `-log p(x)` term replaced by the
-    `+1` of differentiating `p log p`, and the priors and `1/Z` dropped.
-
-    Scale. The surrogate is normalised by its mean, but its weights
-    `exp(s / a)` still depend on the activations' scale (the authors' VGG-16
-    conv5 on 0-255 inputs). With `normalization="mean_max"` (default) it is
-    computed on `x_hat = x * H*W / m_f` (`normalize_maps`) and taken as
-    `dL/dx_hat`; the result is `dL/dx` by the exact chain rule through
-    `x_hat`, `m_f` included (`chain_normalization`). So it is scale-free
-    like the exact loss: for `c x` it is the result for `x` divided by `c`,
-    and it is orthogonal to `x` filter by filter (it cannot inflate or
-    shrink a filter's activations as a whole; the authors' uniform push
-    down on negative images becomes a push relative to the filter's
-    peaks). When the mean peak is near `n^2`, as in the authors' setting,
-    the magnitude is about theirs. `normalization=None` is the authors'
-    gradient on the raw maps, unchanged.
-
-    Args:
-        feature_maps: non-negative tensor `[batch, height, width, filters]`.
-        positives: bool or 0/1 tensor `[batch, filters]`.
-        beta: positive float or `[filters]` tensor. Default 4.
-        center: `"centroid"` (authors' code, the default here) or `"argmax"`.
-        epoch: the epoch index `t >= 1`.
-        positive_weight, negative_weight: floats or `[filters]` tensors, the
-            authors' class weights `w+`, `w-` (1 for single-category runs).
-        normalization: `"mean_max"` (default) or None, as above.
-        reduction: optional `BatchReduction`, used only for `m_f` and the
-            chain rule (global batch under `tf.distribute`); the
-            surrogate's own statistics stay per replica, as the authors'
-            code is single-device.
-
-    Returns:
-        float32 tensor `[batch, height, width, filters]`: the term the
-        authors add to the gradient of their batch-summed loss, with
-        respect to the raw `feature_maps`.
-    """
-    _check_feature_maps(feature_maps)
-    raw = ops.stop_gradient(ops.cast(feature_maps, "float32"))
-    x = normalize_maps(raw, normalization=normalization, reduction=reduction)
-    temp = AUTHORS_TEMPERATURE
-    centers = templates_lib.part_centers(x, center=center)
-    distances = templates_lib.center_distances(x, centers)
-    m = templates_lib.unit_templates(distances, beta=beta, floor=-1.0)
-    batch = ops.cast(ops.shape(x)[0], "float32")
-    s = ops.mean(x * m, axis=(1, 2))  # [B, C]
-    s_rev = ops.mean(x * ops.flip(ops.flip(m, axis=0), axis=3), axis=(1, 2))
-    a_pos = temp * (ops.logsumexp(s_rev / temp, axis=0) - ops.log(batch))
-    xbar = ops.mean(x, axis=(1, 2))
-    a_neg = temp * (ops.logsumexp(-xbar / temp, axis=0) - ops.log(batch))
-    pos = ops.cast(positives, "float32")
-    neg = 1.0 - pos
-    schedule = ops.cast(epoch, "float32") / AUTHORS_MAG
-    g_pos = _relative_weights(s / temp, s - a_pos + temp, pos) / schedule
-    g_neg = _relative_weights(-xbar / temp, -xbar - a_neg + temp, neg)
-    g_neg = g_neg / schedule
-    w_pos = ops.cast(positive_weight, "float32")
-    w_neg = ops.cast(negative_weight, "float32")
-    grad_pos = -AUTHORS_GRADIENT_SCALE * (w_pos * g_pos)[:, None, None, :] * m
-    grad_neg = AUTHORS_GRADIENT_SCALE * (w_neg * g_neg)[:, None, None, :]
-    gradient = grad_pos + ops.broadcast_to(grad_neg, ops.shape(x))
-    return chain_normalization(
-        gradient, raw, normalization=normalization, reduction=reduction
-    )
-
-
-def code_to_paper_beta_scale(height: int, width: int):
-    """Factor from the authors' `[-1, 1]`-coordinate beta to paper units.
-
-    Their grid spans 2 units over `n - 1` cells, the paper's distance is in
-    units of `n` cells: `beta_paper = beta_code * 2 n / (n - 1)`, with
-    `n = (H + W) / 2`. None for a `1 x 1` map, where beta has no effect.
-    """
-    n = (height + width) / 2.0
-    return 2.0 * n / (n - 1.0) if n > 1.0 else None
-
-
-def learned_beta_target(
-    feature_maps, positives, *, beta, center="centroid", reduction=None
-):
-    """The authors' learned-beta target (docs/method_notes.md), paper units.
-
-    Per filter: the activation spread `sigma` (in cells) around each map's
-    centre, averaged over the positive images with the fit
-    `s = mean(x m)` as weights, gives `beta*_code = clip(3 / sigma, 1.5, 3)`
-    in the code's `[-1, 1]` coordinates, converted to paper units with
-    `beta_paper = beta_code * 2 n / (n - 1)`, `n = (H + W) / 2`. Wider blobs
-    give a smaller beta, i.e. wider templates. As in the authors' MATLAB
-    code, `sigma = 0` gives the upper clamp and a negative weighted mean (a
-    negative total fit) the lower one. Filters without any positive image,
-    and `1 x 1` maps, keep their current `beta`.
-
-    Args:
-        feature_maps: non-negative tensor `[batch, height, width, filters]`.
-        positives: bool or 0/1 tensor `[batch, filters]`.
-        beta: the current beta, float or `[filters]` tensor (paper units).
-        center: `"centroid"` (authors' code) or `"argmax"`.
-        reduction: optional `BatchReduction` (global batch under
-            `tf.distribute`).
-
-    Returns:
-        float32 tensor `[filters]`.
-    """
-    _check_feature_maps(feature_maps)
-    reduction = LOCAL_BATCH if reduction is None else reduction
-    x = ops.stop_gradient(ops.cast(feature_maps, "float32"))
-    _, height, width, filters = x.shape
-    current = ops.broadcast_to(ops.cast(beta, "float32"), (filters,))
-    scale = code_to_paper_beta_scale(height, width)
-    if scale is None:
-        return current
-    centers = templates_lib.part_centers(x, center=center)
-    c = ops.cast(centers, "float32")
-    rows = ops.arange(height, dtype="float32")[None, :, None, None]
-    cols = ops.arange(width, dtype="float32")[None, None, :, None]
-    sq = (rows - c[:, None, None, :, 0]) ** 2 + (
-        cols - c[:, None, None, :, 1]
-    ) ** 2
-    mass = ops.maximum(ops.sum(x, axis=(1, 2)), templates_lib.CENTROID_EPSILON)
-    sigma = ops.sqrt(ops.sum(x * sq, axis=(1, 2)) / mass)  # [B, C]
-    distances = templates_lib.center_distances(x, centers)
-    m = templates_lib.unit_templates(distances, beta=current, floor=-1.0)
-    fit = ops.mean(x * m, axis=(1, 2)) * ops.cast(positives, "float32")
-    mean_sigma = ops.divide_no_nan(
-        reduction.sum(fit * sigma)[0], reduction.sum(fit)[0]
-    )
-    low, high = AUTHORS_BETA_RANGE
-    # As in MATLAB, 3 / 0 = inf clamps to the top of the range and a
-    # negative ratio (a negative total fit) to the bottom.
-    code_beta = ops.where(
-        mean_sigma > 0,
-        ops.clip(
-            ops.divide_no_nan(AUTHORS_BETA_NUMERATOR, mean_sigma), low, high
-        ),
-        ops.where(mean_sigma < 0, low, high),
-    )
-    target = code_beta * scale
-    has_positives = reduction.sum(ops.cast(positives, "float32"))[0] > 0
-    return ops.where(has_positives, target, current)

@@ -35,7 +35,7 @@ from keras_interp import data as data_lib
 from keras_interp import diagnostics
 from keras_interp import evaluate as evaluate_lib
 from keras_interp import models
-from keras_interp import training
+from keras_interp import trainers
 from keras_interp.evaluation import CUB_EVAL_PARTS  # noqa: F401 (re-export)
 from keras_interp.evaluation import TOP_K  # noqa: F401 (re-export)
 from keras_interp.evaluation import landmark_ids
@@ -783,7 +783,7 @@ def train_and_evaluate(config: TrainConfig) -> dict:
     if config.strategy == "multi_worker":
         with strategy.scope():
             built.training.compile(optimizer, loss=loss)
-        trainer = training.DistributedTrainer(
+        trainer = trainers.DistributedTrainer(
             built.training, optimizer, loss, strategy=strategy
         )
         history = trainer.fit(

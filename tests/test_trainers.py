@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import keras_interp
-from keras_interp import training
+from keras_interp import trainers
 
 tf = pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.skipif(
@@ -63,7 +63,7 @@ def train_with_loop(initial, x, y, strategy=None, epochs=1, **kwargs):
         model = multi_worker.build_model()
         model.set_weights(initial)
         optimizer = keras.optimizers.SGD(multi_worker.LEARNING_RATE)
-    trainer = training.DistributedTrainer(
+    trainer = trainers.DistributedTrainer(
         model, optimizer, sparse_ce(), strategy=strategy
     )
     history = trainer.fit(dataset(x, y), epochs=epochs, verbose=0, **kwargs)

@@ -4,9 +4,11 @@ import collections
 
 import keras
 
+from keras_interp import templates
 from keras_interp.layers import InterpretableConv2D
 from keras_interp.layers import InterpretableMask
 from keras_interp.models import backbones as backbones_lib
+from keras_interp.normalization import DEFAULT_NORMALIZATION
 
 PartClassifier = collections.namedtuple(
     "PartClassifier", ["training", "inference"]
@@ -146,9 +148,9 @@ def build_part_classifier(
     loss="mutual_information",
     loss_weight=None,
     loss_weight_decay=None,
-    normalization="mean_max",
-    beta=4.0,
-    center="argmax",
+    normalization=DEFAULT_NORMALIZATION,
+    beta=templates.DEFAULT_BETA,
+    center=templates.DEFAULT_CENTER,
     apply_mask=True,
     dropout=0.5,
     seed=0,
@@ -209,7 +211,10 @@ def build_part_classifier(
             the category-aware loss. False: the label-free Eq. 1 loss.
         background_class: class id of background-only images, if any.
         loss, loss_weight, loss_weight_decay, normalization, beta, center,
-            apply_mask: passed to both interpretable layers (see `InterpretableMask`).
+            apply_mask: passed to both interpretable layers (see
+            `InterpretableMask`). The defaults are the library's:
+            `normalization.DEFAULT_NORMALIZATION`, `templates.DEFAULT_BETA`
+            and `templates.DEFAULT_CENTER`.
         dropout: float, dropout rate before the classifier. Default 0.5.
         seed: int, seed of the new layers' initialisers.
         name: model name.

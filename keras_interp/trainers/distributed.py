@@ -16,7 +16,8 @@ interpretable layers already multiply their global-share term by it, see
 `keras_interp.distribute`). Gradients are summed across replicas by the
 Keras optimizer.
 
-TensorFlow backend only.
+TensorFlow backend only. The CUB training driver built on it is
+`keras_interp.apps.train`.
 """
 
 import os

@@ -1,4 +1,4 @@
-"""One worker of the multi-worker test (run by tests/test_training.py).
+"""One worker of the multi-worker test (run by tests/test_trainers.py).
 
 Usage: python multi_worker.py WORKDIR MODE, where MODE is "worker" (reads
 TF_CONFIG, uses MultiWorkerMirroredStrategy) or "single" (no strategy).
@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_interp  # noqa: E402
-from keras_interp import training  # noqa: E402
+from keras_interp import trainers  # noqa: E402
 
 GLOBAL_BATCH = 8
 # Small enough that float32 round-off is not amplified step after step:
@@ -56,7 +56,7 @@ def main(workdir, mode):
         model = build_model()
         model.load_weights(os.path.join(workdir, "init.weights.h5"))
         optimizer = keras.optimizers.SGD(LEARNING_RATE)
-    trainer = training.DistributedTrainer(
+    trainer = trainers.DistributedTrainer(
         model,
         optimizer,
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
