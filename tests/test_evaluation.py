@@ -1283,6 +1283,26 @@ def test_part_interpretability_multi_category():
     np.testing.assert_allclose(per_filter, [0.5, 0.5])
 
 
+def test_filter_categories_is_the_mean_activation_argmax():
+    # One assignment rule for the pure metric and the streaming one.
+    # Means per category (3, 7): filter 0 (1, 0.5) -> 3; filter 1 (0, 2)
+    # -> 7; filter 2 is never active: a tie, the first category; filter 3 has
+    # raw (negative) maps: the least negative mean, (-2, -1) -> 7.
+    labels = np.array([7, 3, 3, 7])
+    sums = np.array(
+        [
+            [0.5, 4.0, 0.0, -1.0],
+            [1.0, 0.0, 0.0, -2.0],
+            [1.0, 0.0, 0.0, -2.0],
+            [0.5, 0.0, 0.0, -1.0],
+        ]
+    )
+    assigned = evaluation.filter_categories(labels, sums)
+    assert assigned.tolist() == [3, 7, 3, 7]
+    # Labels need not be 0..C-1 (they are the category ids of the data).
+    assert evaluation.filter_categories(["b", "a"], [[1.0], [2.0]]) == ["a"]
+
+
 def test_part_interpretability_too_few_cells_is_nan_with_reason():
     # 4 images x 2 x 2 cells = 16 < 1 / 0.005: T_f leaves floor(0.08) = 0
     # cells above it, so every filter would score 0 (before: 0.0, no
@@ -1333,19 +1353,16 @@ def brute_force_ious(maps, masks, thresholds, rf, radii, part_ids):
     ],
 )
 def test_part_iou_blocks_match_brute_force(rf, radius):
-    # The package re-exports the function under the module's name.
-    module = importlib.import_module(
-        "keras_interp.evaluation.part_interpretability"
-    )
+    module = importlib.import_module("keras_interp.evaluation._regions")
     rng = np.random.default_rng(5)
     maps = rng.uniform(size=(3, 5, 6, 4))
     masks = rng.integers(0, 4, (3, 13, 11)).astype("uint8")
     masks[:, 4:9, 3:8] = 3  # one compact part, among noisy ones
     thresholds = np.quantile(maps.reshape(-1, 4), 0.7, axis=0)
     part_ids = np.array([1, 2, 3])
-    regions = module._Regions(rf, masks.shape[1:], maps.shape[1:3], radius)
-    iou, present = module._ious(maps, masks, thresholds, regions, part_ids)
-    radii = module._radii(rf, radius)
+    regions = module.Regions(rf, masks.shape[1:], maps.shape[1:3], radius)
+    iou, present = module.ious(maps, masks, thresholds, regions, part_ids)
+    radii = module.radii(rf, radius)
     expected = brute_force_ious(maps, masks, thresholds, rf, radii, part_ids)
     np.testing.assert_allclose(iou, expected, atol=1e-6)
     assert present.all()

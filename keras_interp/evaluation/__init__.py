@@ -16,6 +16,7 @@ from keras_interp.evaluation.part_interpretability import activation_thresholds
 from keras_interp.evaluation.part_interpretability import (
     collect_part_interpretability,
 )
+from keras_interp.evaluation.part_interpretability import filter_categories
 from keras_interp.evaluation.part_interpretability import part_interpretability
 from keras_interp.evaluation.part_interpretability import too_few_cells_reason
 from keras_interp.evaluation.peaks import DeadMaps

@@ -31,26 +31,24 @@ import math
 import warnings
 from typing import Any
 from typing import Callable
-from typing import Iterator
 
 import keras
 import numpy as np
 
 from keras_interp.evaluation import feature_maps as probes
-from keras_interp.evaluation.receptive_field import PIXEL_CENTER
+from keras_interp.evaluation._regions import EPSILON as _EPSILON
+from keras_interp.evaluation._regions import RADII  # noqa: F401 (public)
+from keras_interp.evaluation._regions import Regions
+from keras_interp.evaluation._regions import ious
+from keras_interp.evaluation._regions import radii
 from keras_interp.evaluation.receptive_field import check_receptive_field
 
 # Paper §5.2.1, after Bau et al.: the top 0.5% of activations are "valid".
 DEFAULT_QUANTILE = 0.005
 # Paper §5.2.1: a filter matches a part when IoU > 0.2 (Bau et al.: 0.04).
 DEFAULT_IOU_THRESHOLD = 0.2
-RADII = ("cell", "receptive_field")
 # Part id 0 in the part masks is background.
 BACKGROUND_ID = 0
-# Absorbs float rounding in `q * n` and in the disc test at its boundary.
-_EPSILON = 1e-9
-# Upper bound on the float32 elements of one sliding-window block.
-_CHUNK_ELEMENTS = 1 << 23
 _DIVERGED = (
     "Non-finite maps come from a diverged model (NaN or infinite weights); "
     "evaluate a model with finite weights."
@@ -182,148 +180,6 @@ def activation_thresholds(
     return top.thresholds()
 
 
-def _radii(rf, radius) -> tuple:
-    if radius == "cell":
-        return tuple(s / math.sqrt(2.0) for s in rf.stride)
-    if radius == "receptive_field":
-        return tuple(r / 2.0 for r in rf.size)
-    if (
-        isinstance(radius, (int, float))
-        and not isinstance(radius, bool)
-        and radius > 0
-        and math.isfinite(radius)
-    ):
-        return (float(radius), float(radius))
-    raise ValueError(
-        f"`radius` must be one of {RADII} or a positive number of pixels. "
-        f"Received: radius={radius!r}."
-    )
-
-
-class _Regions:
-    """Union of discs at the active cells, counted per block of pixels.
-
-    Pixel row `r = q sy + u` (block `q`, phase `u`) is within the disc of
-    cell row `i = q + di` iff its offset `u + 1/2 - cy - di sy` is; so the
-    cells that can cover a pixel depend only on its phase `(u, v)`. Phases
-    with the same neighbour pattern form a group `g`, and a pixel is in the
-    region iff `O_g[q, p] = OR of the active cells in pattern g around
-    (q, p)` is set. The IoU then needs only per-(group, block) pixel counts,
-    never the full-resolution region.
-    """
-
-    def __init__(self, rf, image_shape, map_shape, radius):
-        (sy, sx), (cy, cx) = rf.stride, rf.offset
-        ry, rx = _radii(rf, radius)
-        height, width = image_shape
-        self.map_shape = tuple(map_shape)
-        self.blocks = (-(-height // sy), -(-width // sx))
-        offsets = []
-        for s, c, rad in ((sy, cy, ry), (sx, cx, rx)):
-            low = math.ceil((PIXEL_CENTER - c - rad) / s)
-            high = math.floor((s - PIXEL_CENTER - c + rad) / s)
-            high = max(high, low)
-            cells = np.arange(low, high + 1)
-            phase = np.arange(s)
-            delta = phase[:, None] + PIXEL_CENTER - c - cells[None, :] * s
-            offsets.append((low, (delta / rad) ** 2))
-        (self.di_min, dy2), (self.dj_min, dx2) = offsets
-        inside = dy2[:, None, :, None] + dx2[None, :, None, :] <= 1 + _EPSILON
-        patterns = inside.reshape(sy * sx, -1)
-        unique, group = np.unique(patterns, axis=0, return_inverse=True)
-        group = group.reshape(sy, sx)
-        keep = unique.any(axis=1)
-        renumber = np.cumsum(keep) - 1
-        group = np.where(keep[group], renumber[group], -1)
-        self.kernels = (
-            unique[keep]
-            .reshape(-1, dy2.shape[1], dx2.shape[1])
-            .astype("float32")
-        )
-        groups, (hq, wp) = len(self.kernels), self.blocks
-        rows, cols = np.arange(height), np.arange(width)
-        g = group[(rows % sy)[:, None], (cols % sx)[None, :]]
-        flat = (g * hq + (rows // sy)[:, None]) * wp + (cols // sx)[None, :]
-        self.pixel_index = np.where(g >= 0, flat, -1)
-        self.size = groups * hq * wp
-        self.pixels = np.bincount(
-            self.pixel_index[self.pixel_index >= 0], minlength=self.size
-        ).astype("float32")
-
-    def covered(self, active: np.ndarray) -> Iterator[tuple]:
-        """Yields `(start, stop, covered)` for chunks of filters.
-
-        `covered` is `(B, stop - start, L)` float 0/1: whether each
-        block-group cell lies in the filter's region. Chunks bound memory.
-        """
-        batch, h, w, filters = active.shape
-        groups, kh, kw = self.kernels.shape
-        hq, wp = self.blocks
-        if groups == 0:
-            yield 0, filters, np.zeros((batch, filters, 0), "float32")
-            return
-        i0, i1 = max(0, self.di_min), min(h, hq + self.di_min + kh - 1)
-        j0, j1 = max(0, self.dj_min), min(w, wp + self.dj_min + kw - 1)
-        per_filter = batch * hq * wp * max(kh * kw, groups)
-        chunk = max(1, _CHUNK_ELEMENTS // per_filter)
-        for start in range(0, filters, chunk):
-            stop = min(filters, start + chunk)
-            padded = np.zeros(
-                (batch, stop - start, hq + kh - 1, wp + kw - 1), "float32"
-            )
-            if i1 > i0 and j1 > j0:
-                part = active[:, i0:i1, j0:j1, start:stop]
-                padded[
-                    :,
-                    :,
-                    i0 - self.di_min : i1 - self.di_min,
-                    j0 - self.dj_min : j1 - self.dj_min,
-                ] = np.moveaxis(part, -1, 1)
-            windows = np.lib.stride_tricks.sliding_window_view(
-                padded, (kh, kw), axis=(2, 3)
-            )
-            hits = np.tensordot(windows, self.kernels, axes=([4, 5], [1, 2]))
-            covered = np.moveaxis(hits > 0, -1, 2).astype("float32")
-            yield start, stop, covered.reshape(batch, stop - start, -1)
-
-    def part_counts(self, masks: np.ndarray, part_ids: np.ndarray) -> tuple:
-        """Pixels of each part per block-group `(B, L, K)`, and areas."""
-        batch = masks.shape[0]
-        k = len(part_ids)
-        part = np.full(masks.shape, -1, "int64")
-        for position, part_id in enumerate(part_ids):
-            part[masks == part_id] = position
-        area = (
-            np.stack(
-                [(part == position).sum(axis=(1, 2)) for position in range(k)],
-                axis=-1,
-            ).astype("float32")
-            if k
-            else np.zeros((batch, 0), "float32")
-        )
-        index = np.broadcast_to(self.pixel_index, masks.shape)
-        valid = (part >= 0) & (index >= 0)
-        image = np.broadcast_to(np.arange(batch)[:, None, None], masks.shape)
-        flat = (image[valid] * k + part[valid]) * self.size + index[valid]
-        counts = np.bincount(flat, minlength=batch * k * self.size)
-        counts = counts.reshape(batch, k, self.size).astype("float32")
-        return np.moveaxis(counts, 1, 2), area
-
-
-def _ious(maps, masks, thresholds, regions, part_ids) -> tuple:
-    """IoU `(B, F, K)` of each filter's region with each part, and presence."""
-    counts, area = regions.part_counts(masks, part_ids)
-    batch, filters = maps.shape[0], maps.shape[-1]
-    inter = np.zeros((batch, filters, len(part_ids)), "float32")
-    region = np.zeros((batch, filters), "float32")
-    for start, stop, covered in regions.covered(maps > thresholds):
-        inter[:, start:stop] = np.matmul(covered, counts)
-        region[:, start:stop] = covered @ regions.pixels
-    union = region[:, :, None] + area[:, None, :] - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
-    return iou, area > 0
-
-
 class _Tally:
     """Accumulates `1[IoU > threshold]` over the images containing a part."""
 
@@ -400,10 +256,34 @@ def _part_ids(part_ids, masks) -> np.ndarray:
     return ids
 
 
-def _assignment(class_sums, class_counts) -> np.ndarray:
-    """`c_f = argmax_c mean_{I in c} sum x` (paper §5.2.1, multi-category)."""
-    mean = class_sums / np.maximum(class_counts, 1)[:, None]
-    return np.argmax(mean, axis=0)
+def filter_categories(labels: Any, activation_sums: Any) -> np.ndarray:
+    """Each filter's category, `c_f = argmax_c mean_{I in c} sum_ij x`.
+
+    Paper §5.2.1 (multi-category): filter `f` is evaluated on the images of
+    the category whose images activate it the most on average. Ties, and
+    a filter equally (in)active on every category, go to the first
+    category in sorted order.
+
+    Args:
+        labels: `(N,)` category labels.
+        activation_sums: `(N, F)` each map's sum `sum_ij x`.
+
+    Returns:
+        `(F,)` the label of each filter's category.
+
+    Example:
+
+    >>> filter_categories([3, 3, 7], [[1.0, 0.0], [1.0, 0.0], [0.5, 2.0]])
+    array([3, 7])
+    """
+    labels = np.asarray(labels)
+    sums = np.asarray(activation_sums, "float64")
+    classes, ids = np.unique(labels, return_inverse=True)
+    class_sums = np.zeros((len(classes), sums.shape[1]))
+    np.add.at(class_sums, ids, sums)
+    counts = np.bincount(ids, minlength=len(classes))
+    mean = class_sums / np.maximum(counts, 1)[:, None]
+    return classes[np.argmax(mean, axis=0)]
 
 
 def part_interpretability(
@@ -467,18 +347,18 @@ def part_interpretability(
     rf = check_receptive_field(receptive_field)
     quantile = _check_quantile(quantile)
     ids = _part_ids(part_ids, masks)
-    _radii(rf, radius)  # Validated before any early return.
+    radii(rf, radius)  # Validated before any early return.
     n, h, w, filters = maps.shape
     reason = too_few_cells_reason(n * h * w, quantile)
     if reason is not None:
         return _undefined(reason, filters, len(ids), return_per_filter)
     thresholds = activation_thresholds(maps, quantile=quantile)
     category = _categories(labels, maps.sum(axis=(1, 2)), n)
-    regions = _Regions(rf, masks.shape[1:], maps.shape[1:3], radius)
+    regions = Regions(rf, masks.shape[1:], maps.shape[1:3], radius)
     tally = _Tally(filters, len(ids), iou_threshold)
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
-        iou, present = _ious(
+        iou, present = ious(
             maps[start:stop], masks[start:stop], thresholds, regions, ids
         )
         tally.update(iou, present, category[start:stop])
@@ -496,11 +376,8 @@ def _categories(labels, activation_sums, n) -> np.ndarray:
             f"`labels` must have shape ({n},), one category per image. "
             f"Received shape {labels.shape}."
         )
-    classes, ids = np.unique(labels, return_inverse=True)
-    sums = np.zeros((len(classes), filters))
-    np.add.at(sums, ids, activation_sums)
-    assigned = _assignment(sums, np.bincount(ids, minlength=len(classes)))
-    return ids[:, None] == assigned[None, :]
+    assigned = filter_categories(labels, activation_sums)
+    return labels[:, None] == assigned[None, :]
 
 
 def collect_part_interpretability(
@@ -573,7 +450,7 @@ def collect_part_interpretability(
         if receptive_field is not None
         else compute_rf(model, layer_name)
     )
-    _radii(rf, radius)  # Validated before any early return.
+    radii(rf, radius)  # Validated before any early return.
     probe = probes.feature_map_model(model, layer_name, map)
     data_format = probes.layer_data_format(model, layer_name)
 
@@ -623,22 +500,20 @@ def collect_part_interpretability(
         return _undefined(reason, len(thresholds), len(ids), return_per_filter)
     assigned = None
     if label_key:
-        labels = np.concatenate(label_values)
-        classes, label_ids = np.unique(labels, return_inverse=True)
-        class_sums = np.zeros((len(classes), thresholds.shape[0]))
-        np.add.at(class_sums, label_ids, np.concatenate(sums))
-        assigned = classes[_assignment(class_sums, np.bincount(label_ids))]
+        assigned = filter_categories(
+            np.concatenate(label_values), np.concatenate(sums)
+        )
     regions = tally = None
     for batch, maps in batches():
         masks = np.asarray(batch[mask_key])
         if regions is None:
-            regions = _Regions(rf, masks.shape[1:], map_shape, radius)
+            regions = Regions(rf, masks.shape[1:], map_shape, radius)
             tally = _Tally(maps.shape[-1], len(ids), iou_threshold)
         if assigned is None:
             category = np.ones((len(maps), maps.shape[-1]), bool)
         else:
             batch_labels = np.asarray(batch[label_key])
             category = batch_labels[:, None] == assigned[None, :]
-        iou, present = _ious(maps, masks, thresholds, regions, ids)
+        iou, present = ious(maps, masks, thresholds, regions, ids)
         tally.update(iou, present, category)
     return tally.result(return_per_filter)
