@@ -1,4 +1,6 @@
-"""keras_interp.evaluate: the library `evaluate` and its command line.
+"""The evaluation report (`keras_interp.evaluation.report`), its CUB
+assembly and command line (`keras_interp.apps.evaluate`), and the
+`keras_interp.evaluate` alias of both.
 
 A tiny synthetic CUB-format set (3 classes x 10 images, 64 px, 6 negatives)
 and an untrained tiny_vgg model saved as `.keras`. The library's numbers
@@ -7,6 +9,7 @@ are checked against the evaluation primitives run independently
 a plain accuracy loop); the command line against the library.
 """
 
+import ast
 import dataclasses
 import json
 import math
@@ -20,10 +23,11 @@ import numpy as np
 import pytest
 
 from keras_interp import data
-from keras_interp import evaluate as evaluate_lib
 from keras_interp import evaluation
 from keras_interp import models
-from keras_interp import train
+from keras_interp.apps import evaluate as evaluate_lib
+from keras_interp.apps import train
+from keras_interp.evaluation import report
 
 pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.skipif(
@@ -288,7 +292,7 @@ def test_constants_are_defined_once_and_evaluate_does_not_import_train():
     assert train.CUB_EVAL_PARTS is evaluation.CUB_EVAL_PARTS
     code = (
         "import sys, keras_interp.evaluate; "
-        "assert 'keras_interp.train' not in sys.modules, 'imports train'"
+        "assert 'keras_interp.apps.train' not in sys.modules, 'imports train'"
     )
     env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND="tensorflow")
     process = subprocess.run(
@@ -300,6 +304,59 @@ def test_constants_are_defined_once_and_evaluate_does_not_import_train():
         timeout=300,
     )
     assert process.returncode == 0, process.stderr[-2000:]
+
+
+# The report belongs to the library's evaluation layer: it gets datasets
+# and arrays, never the application layer, the CUB readers or a CLI.
+REPORT_MODULES = ("report.py", "summary.py", "_report_pass.py")
+REPORT_MUST_NOT_IMPORT = (
+    "argparse",
+    "keras_interp.apps",
+    "keras_interp.callbacks",
+    "keras_interp.data",
+    "keras_interp.evaluate",
+    "keras_interp.train",
+    "keras_interp.trainers",
+)
+
+
+def _imported_modules(path):
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.append(node.module)
+            # `from keras_interp import apps` imports keras_interp.apps.
+            names.extend(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_report_imports_only_the_library():
+    folder = os.path.join(ROOT, "keras_interp", "evaluation")
+    for module in REPORT_MODULES:
+        imported = _imported_modules(os.path.join(folder, module))
+        assert "numpy" in imported, module  # The parse found the imports.
+        bad = [
+            name
+            for name in imported
+            for banned in REPORT_MUST_NOT_IMPORT
+            if name == banned or name.startswith(banned + ".")
+        ]
+        assert not bad, f"{module} imports {bad}"
+
+
+def test_evaluate_module_reexports_the_new_modules():
+    from keras_interp import evaluate as alias
+
+    for name in alias.__all__:
+        owner = evaluate_lib if hasattr(evaluate_lib, name) else report
+        assert getattr(alias, name) is getattr(owner, name), name
+    assert alias.evaluate is evaluate_lib.evaluate
+    assert alias.evaluate_dataset is report.evaluate_dataset
+    assert alias.training_results is report.training_results
 
 
 def test_references_dead_maps_and_top_k_counts(test_split):
@@ -481,7 +538,7 @@ def test_diverged_model_is_refused(parts_dir, model_path, tmp_path, capsys):
     with pytest.raises(
         ValueError, match="logits \\(images 0 to 1 .*must be finite.*check"
     ):
-        evaluate_lib.evaluate_dataset(good, [batch])
+        report.evaluate_dataset(good, [batch])
 
 
 def test_negatives_single_category(parts_dir, single_model_path):
@@ -588,7 +645,7 @@ def test_figures_keep_only_the_shown_images(
 # --- Command line -----------------------------------------------------------
 
 
-def _cli(*args):
+def _cli(*args, module="keras_interp.apps.evaluate"):
     env = dict(
         os.environ,
         PYTHONPATH=ROOT,
@@ -597,7 +654,7 @@ def _cli(*args):
         TF_CPP_MIN_LOG_LEVEL="2",
     )
     return subprocess.run(
-        [sys.executable, "-m", "keras_interp.evaluate", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -642,7 +699,7 @@ def test_cli_prints_the_library_summary(
         assert summary[key] == expected[key], key
     # The digest on stderr: every instability with its two references,
     # and the reason of what was not computed.
-    digest = evaluate_lib.format_summary(summary)
+    digest = report.format_summary(summary)
     assert digest in process.stderr
     assert re.search(
         r"location instability: \d\.\d{4} \(lower is better; fixed cell "
@@ -707,7 +764,11 @@ def test_cli_bad_inputs_exit_2(parts_dir, model_path, capsys, case):
 
 def test_cli_bad_input_process_has_no_traceback(parts_dir, model_path):
     args, message = CLI_ERRORS["missing_layer"]
-    process = _cli(*_error_args(model_path, parts_dir, args))
+    # The old entry point, `keras_interp.evaluate`, runs the same program.
+    process = _cli(
+        *_error_args(model_path, parts_dir, args),
+        module="keras_interp.evaluate",
+    )
     assert process.returncode == 2
     assert process.stdout == ""
     assert "Traceback" not in process.stderr

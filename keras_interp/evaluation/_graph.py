@@ -58,6 +58,18 @@ def _all_paths(model: Any, prefix: tuple = ()) -> list:
     return found
 
 
+def layer_paths(model: Any) -> list:
+    """`(path, layer)` of every layer of `model`, nested models entered.
+
+    `path` is the `"outer/inner"` name that `find_layer` accepts; graph
+    order, input layers left out.
+    """
+    return [
+        (PATH_SEPARATOR.join([c.name for c in containers[1:]] + [op.name]), op)
+        for containers, op in _all_paths(model)
+    ]
+
+
 def find_layer(model: Any, layer_name: str) -> tuple:
     """Returns `(containers, layer)`: the models from `model` down to `layer`.
 
