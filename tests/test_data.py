@@ -1,6 +1,5 @@
 """Tests for `keras_interp.data`: CUB reader, pipeline, synthetic set, TFDS."""
 
-import hashlib
 import logging
 import os
 import pathlib
@@ -9,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers.files import tree_digest
 from PIL import Image
 
 from keras_interp import data
@@ -95,18 +95,6 @@ def tiny_synthetic(tmp_path_factory):
 
 def _first_batch(dataset):
     return {k: v.numpy() for k, v in next(iter(dataset)).items()}
-
-
-def _tree_digest(root):
-    digests = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                digests[os.path.relpath(path, root)] = hashlib.sha256(
-                    f.read()
-                ).hexdigest()
-    return digests
 
 
 # ---------------------------------------------------------------- reader
@@ -727,10 +715,10 @@ def test_synthetic_is_deterministic(tmp_path, tiny_synthetic):
     )
     again = synthetic.write_synthetic_parts(tmp_path / "a", seed=0, **kwargs)
     other = synthetic.write_synthetic_parts(tmp_path / "b", seed=1, **kwargs)
-    reference = _tree_digest(tiny_synthetic)
+    reference = tree_digest(tiny_synthetic)
     assert len(reference) > 30
-    assert _tree_digest(again) == reference
-    different = _tree_digest(other)
+    assert tree_digest(again) == reference
+    different = tree_digest(other)
     assert different.keys() == reference.keys()
     changed = [k for k in reference if different[k] != reference[k]]
     assert sum(k.endswith(".jpg") for k in changed) == 16  # 12 + 4 negatives

@@ -7,12 +7,12 @@ un-cropped `"scenes"` variant (`write_synthetic_scenes`).
 
 import ast
 import dataclasses
-import hashlib
 import json
 import os
 
 import numpy as np
 import pytest
+from helpers.files import tree_digest
 from PIL import Image
 from PIL import ImageDraw
 
@@ -38,18 +38,6 @@ def tiny_scenes(tmp_path_factory):
     """2 categories x 8 scenes of 64 px (8 train, 8 test), 6 negatives."""
     root = tmp_path_factory.mktemp("scenes") / "scenes"
     return synthetic.write_synthetic_scenes(root, seed=0, **SMALL)
-
-
-def _tree_digest(root):
-    digests = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                digests[os.path.relpath(path, root)] = hashlib.sha256(
-                    f.read()
-                ).hexdigest()
-    return digests
 
 
 def _flat_background(value):
@@ -118,10 +106,10 @@ def test_scenes_negatives_and_split_counts(tiny_scenes):
 def test_scenes_are_deterministic(tmp_path, tiny_scenes):
     again = synthetic.write_synthetic_scenes(tmp_path / "a", seed=0, **SMALL)
     other = synthetic.write_synthetic_scenes(tmp_path / "b", seed=1, **SMALL)
-    reference = _tree_digest(tiny_scenes)
+    reference = tree_digest(tiny_scenes)
     assert len(reference) > 30
-    assert _tree_digest(again) == reference
-    different = _tree_digest(other)
+    assert tree_digest(again) == reference
+    different = tree_digest(other)
     assert different.keys() == reference.keys()
     changed = [k for k in reference if different[k] != reference[k]]
     assert sum(k.endswith(".jpg") for k in changed) == 22  # 16 + 6 negatives
@@ -147,7 +135,9 @@ def test_scene_landmarks_match_the_part_masks(tiny_scenes):
         # labels were swapped with every mirroring.
         for left, right in ((3, 4), (5, 6)):
             if index.part_visible[i, [left, right]].all():
-                assert index.part_locs[i, left, 0] < index.part_locs[i, right, 0]
+                assert (
+                    index.part_locs[i, left, 0] < index.part_locs[i, right, 0]
+                )
 
 
 # ------------------------------------------------------------ the renderer
@@ -177,7 +167,9 @@ def test_landmarks_lie_on_the_pasted_object():
             # Nothing hides a part of the clean layout, nothing is cut off.
             assert visible.sum() >= present.sum() - 1
             assert (present | ~visible).all()
-            assert (np.abs(dark.astype(int) - light)[mask == 0] > 100).mean() > 0.9
+            assert (
+                np.abs(dark.astype(int) - light)[mask == 0] > 100
+            ).mean() > 0.9
             for k in np.flatnonzero(visible):
                 x, y = locs[k].astype(int)
                 agree += np.abs(dark[y, x].astype(int) - light[y, x]).max() <= 2

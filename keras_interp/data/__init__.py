@@ -4,7 +4,9 @@
 `write_synthetic_scenes` (un-cropped scenes over real photos) and
 `default_data_dir` provide generated stand-ins in the same format, and
 `make_dataset` / `load_tfds_cub` turn either source into batches of one
-schema (see `keras_interp.data.pipeline`).
+schema (see `keras_interp.data.pipeline`). `read_negatives` lists the
+background images of the single-category task (the folder `NEGATIVES_DIR`
+of a generated dataset).
 
 Only the pipeline needs TensorFlow. It is imported on first use, so that the
 CUB reader and the synthetic dataset work under any Keras backend without
@@ -15,6 +17,8 @@ import importlib
 
 from keras_interp.data.cub import CubIndex
 from keras_interp.data.cub import read_cub
+from keras_interp.data.negatives import NEGATIVES_DIR
+from keras_interp.data.negatives import read_negatives
 from keras_interp.data.synthetic import default_data_dir
 from keras_interp.data.synthetic import write_synthetic_parts
 from keras_interp.data.synthetic import write_synthetic_scenes
@@ -24,7 +28,6 @@ _LAZY = {
     "dataset_sizes": "pipeline",
     "flip_permutation": "pipeline",
     "make_dataset": "pipeline",
-    "read_negatives": "pipeline",
     "load_tfds_cub": "tfds_cub",
 }
 

@@ -5,7 +5,9 @@ into a `CubIndex` of numpy arrays, and checks them against the images: it
 reads every image's size from its header and, with `check_images`, decodes
 every image once with Pillow to find corrupt files. It imports no
 TensorFlow: the pixels used for training are decoded later by
-`keras_interp.data.make_dataset`.
+`keras_interp.data.make_dataset`. The index files are parsed, line by
+line, in `keras_interp.data.cub_tables`; this module checks them against
+the images.
 
 Expected layout (all ids 1-based, fields separated by spaces):
 
@@ -34,18 +36,25 @@ the image's size whose value is the 1-based part id (0 = no part).
 import dataclasses
 import logging
 import os
-from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
-CUB_FOLDER_NAME = "CUB_200_2011"
-IMAGES_DIR = "images"
-PARTS_DIR = "parts"
+from keras_interp.data.cub_tables import CUB_FOLDER_NAME
+from keras_interp.data.cub_tables import IMAGES_DIR
+from keras_interp.data.cub_tables import LAYOUT
+from keras_interp.data.cub_tables import MAX_LISTED
+from keras_interp.data.cub_tables import PARTS_DIR
+from keras_interp.data.cub_tables import Row
+from keras_interp.data.cub_tables import dense_names
+from keras_interp.data.cub_tables import read_boxes
+from keras_interp.data.cub_tables import read_labels
+from keras_interp.data.cub_tables import read_names
+from keras_interp.data.cub_tables import read_parts
+from keras_interp.data.cub_tables import read_split
+
 PART_MASKS_DIR = "part_segmentations"
 PART_MASK_EXTENSION = ".png"
-# Number of missing images listed in the error message.
-_MAX_LISTED_MISSING = 5
 # Pillow's names of the formats that `tf.io.decode_image` decodes (JPEG XL,
 # which TensorFlow also reads, needs a Pillow plugin). "MPO" is a JPEG with
 # extra frames, as some cameras write.
@@ -55,17 +64,6 @@ DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
 BOX_SLACK_PIXELS = 1.0
 
 _logger = logging.getLogger(__name__)
-
-_LAYOUT = f"""\
-{CUB_FOLDER_NAME}/
-  images.txt               <image_id> <class folder>/<file>.jpg
-  image_class_labels.txt   <image_id> <class_id>
-  classes.txt              <class_id> <class name>
-  train_test_split.txt     <image_id> <1 = train, 0 = test>
-  bounding_boxes.txt       <image_id> <x> <y> <width> <height>
-  parts/parts.txt          <part_id> <part name>         (optional)
-  parts/part_locs.txt      <image_id> <part_id> <x> <y> <visible> (optional)
-  images/<class folder>/<file>.jpg"""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -132,7 +130,7 @@ def _resolve_root(data_dir: str | os.PathLike) -> str:
         raise FileNotFoundError(
             f"CUB data folder not found: {path!r}. Pass the extracted "
             f"`{CUB_FOLDER_NAME}` folder (or its parent), laid out as:\n"
-            f"{_LAYOUT}"
+            f"{LAYOUT}"
         )
     for candidate in (path, os.path.join(path, CUB_FOLDER_NAME)):
         if os.path.isfile(os.path.join(candidate, "images.txt")):
@@ -140,176 +138,14 @@ def _resolve_root(data_dir: str | os.PathLike) -> str:
     raise FileNotFoundError(
         f"No `images.txt` in {path!r} nor in "
         f"{os.path.join(path, CUB_FOLDER_NAME)!r}. Pass the extracted "
-        f"`{CUB_FOLDER_NAME}` folder (or its parent), laid out as:\n{_LAYOUT}"
+        f"`{CUB_FOLDER_NAME}` folder (or its parent), laid out as:\n{LAYOUT}"
     )
-
-
-def _read_rows(path: str, num_fields: int, last_is_text: bool = False):
-    """Yields `(line_number, fields)` for the non-empty lines of `path`.
-
-    With `last_is_text`, the last field takes the rest of the line (file
-    names and class names never contain spaces in CUB, but this keeps
-    such a name whole).
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Missing CUB index file: {path!r}. Expected layout:\n{_LAYOUT}"
-        )
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            if last_is_text:
-                fields = line.split(maxsplit=num_fields - 1)
-            else:
-                fields = line.split()
-            if len(fields) != num_fields:
-                raise ValueError(
-                    f"Malformed line {path}:{line_number}: {line!r}. Expected "
-                    f"{num_fields} space-separated fields, got {len(fields)}."
-                )
-            yield line_number, fields
-
-
-def _to_id(path: str, line_number: int, line: list[str], text: str) -> int:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value.is_integer() or value < 1:
-        raise ValueError(
-            f"Malformed line {path}:{line_number}: {' '.join(line)!r}. "
-            f"Expected a positive integer id, got {text!r}."
-        )
-    return int(value)
-
-
-def _to_floats(
-    path: str, line_number: int, line: list[str], texts: list[str]
-) -> list[float]:
-    try:
-        values = [float(text) for text in texts]
-    except ValueError:
-        values = [float("nan")]
-    if not np.all(np.isfinite(values)):
-        raise ValueError(
-            f"Malformed line {path}:{line_number}: {' '.join(line)!r}. "
-            f"Expected finite numbers, got {texts}."
-        )
-    return values
-
-
-class _Row(NamedTuple):
-    """One parsed line of an `<image_id> <v1> ... <vn>` file."""
-
-    line_number: int
-    fields: list[str]
-    values: list[float]
-
-    def where(self, path: str) -> str:
-        """`file:line: 'the line'`, for error messages."""
-        return f"{path}:{self.line_number}: {' '.join(self.fields)!r}"
-
-
-def _read_id_table(path: str, num_values: int) -> dict[int, _Row]:
-    """Reads `<image_id> <v1> ... <vn>` lines into `{id: _Row}`."""
-    table = {}
-    for line_number, fields in _read_rows(path, num_values + 1):
-        key = _to_id(path, line_number, fields, fields[0])
-        if key in table:
-            raise ValueError(
-                f"Malformed line {path}:{line_number}: {' '.join(fields)!r}. "
-                f"Id {key} appears twice."
-            )
-        values = _to_floats(path, line_number, fields, fields[1:])
-        table[key] = _Row(line_number, fields, values)
-    return table
-
-
-def _read_names(path: str) -> dict[int, str]:
-    """Reads `<id> <name>` lines into `{id: name}`."""
-    names = {}
-    for line_number, fields in _read_rows(path, 2, last_is_text=True):
-        key = _to_id(path, line_number, fields, fields[0])
-        if key in names:
-            raise ValueError(
-                f"Malformed line {path}:{line_number}: {' '.join(fields)!r}. "
-                f"Id {key} appears twice."
-            )
-        names[key] = fields[1]
-    return names
-
-
-def _dense_names(path: str, names: dict[int, str]) -> np.ndarray:
-    """Checks that ids are exactly 1..K and returns the names in id order."""
-    expected = list(range(1, len(names) + 1))
-    if sorted(names) != expected:
-        missing = sorted(set(expected) - set(names))[:_MAX_LISTED_MISSING]
-        raise ValueError(
-            f"The ids in {path} must be 1..{len(names)} without gaps. "
-            f"Missing ids include {missing}. Fix the file."
-        )
-    return np.array([names[i] for i in expected], dtype=str)
-
-
-def _lookup(
-    path: str, table: dict[int, _Row], image_ids: np.ndarray, what: str
-) -> list[_Row]:
-    missing = [int(i) for i in image_ids if int(i) not in table]
-    if missing:
-        raise ValueError(
-            f"{path} has no {what} for {len(missing)} image id(s) listed in "
-            f"images.txt, e.g. {missing[:_MAX_LISTED_MISSING]}. Every image "
-            "needs one line."
-        )
-    return [table[int(i)] for i in image_ids]
-
-
-def _read_labels(
-    path: str, image_ids: np.ndarray, classes_path: str, num_classes: int
-) -> np.ndarray:
-    """0-based labels; every class id must be an integer in 1..C."""
-    rows = _lookup(path, _read_id_table(path, 1), image_ids, "class label")
-    for row in rows:
-        class_id = row.values[0]
-        if not (class_id.is_integer() and 1 <= class_id <= num_classes):
-            raise ValueError(
-                f"Invalid class id in {row.where(path)}: got "
-                f"{row.fields[1]!r}, but class ids must be integers in "
-                f"1..{num_classes} (the ids of {classes_path}). Fix the "
-                "line, or add the class to classes.txt."
-            )
-    return np.array([row.values[0] - 1 for row in rows], dtype="int32")
-
-
-def _read_split(path: str, image_ids: np.ndarray) -> np.ndarray:
-    rows = _lookup(path, _read_id_table(path, 1), image_ids, "train/test flag")
-    for row in rows:
-        if row.values[0] not in (0.0, 1.0):
-            raise ValueError(
-                f"Invalid train/test flag in {row.where(path)}: got "
-                f"{row.fields[1]!r}, expected 1 (train) or 0 (test)."
-            )
-    return np.array([row.values[0] == 1.0 for row in rows], dtype=bool)
-
-
-def _read_boxes(path: str, image_ids: np.ndarray) -> list[_Row]:
-    rows = _lookup(path, _read_id_table(path, 4), image_ids, "bounding box")
-    for row in rows:
-        if min(row.values[2:]) <= 0:
-            raise ValueError(
-                f"Invalid box in {row.where(path)}: the width and height of "
-                "`<image_id> <x> <y> <width> <height>` must be positive. Fix "
-                "the box."
-            )
-    return rows
 
 
 def _check_files_exist(paths: np.ndarray, what: str, fix: str) -> None:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        listed = "\n  ".join(missing[:_MAX_LISTED_MISSING])
+        listed = "\n  ".join(missing[:MAX_LISTED])
         raise FileNotFoundError(
             f"{len(missing)} of {len(paths)} {what} are missing, e.g.:\n"
             f"  {listed}\n{fix}"
@@ -347,7 +183,7 @@ def _read_image_sizes(
         except Exception as error:  # noqa: BLE001
             failures.append(f"{path}: {type(error).__name__}: {error}")
     if failures:
-        listed = "\n  ".join(failures[:_MAX_LISTED_MISSING])
+        listed = "\n  ".join(failures[:MAX_LISTED])
         verb = "decoded" if decode else "opened as images"
         raise ValueError(
             f"{len(failures)} of {len(paths)} {what} cannot be {verb}, "
@@ -357,7 +193,7 @@ def _read_image_sizes(
 
 
 def _check_boxes_inside(
-    path: str, rows: list[_Row], image_paths: np.ndarray, sizes: np.ndarray
+    path: str, rows: list[Row], image_paths: np.ndarray, sizes: np.ndarray
 ) -> None:
     boxes = np.array([row.values for row in rows], dtype="float64")
     slack = BOX_SLACK_PIXELS
@@ -379,57 +215,6 @@ def _check_boxes_inside(
             "far outside is often in the coordinates of a resized copy of "
             "the image."
         )
-
-
-def _read_parts(
-    root: str, image_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Part names, locations, visibility and `part_locs.txt` line numbers."""
-    parts_path = os.path.join(root, PARTS_DIR, "parts.txt")
-    locs_path = os.path.join(root, PARTS_DIR, "part_locs.txt")
-    part_names = _dense_names(parts_path, _read_names(parts_path))
-    num_parts = len(part_names)
-    row_of = {int(image_id): row for row, image_id in enumerate(image_ids)}
-    locs = np.zeros((len(image_ids), num_parts, 2), dtype="float32")
-    visible = np.zeros((len(image_ids), num_parts), dtype=bool)
-    lines = np.zeros((len(image_ids), num_parts), dtype="int64")
-    for line_number, fields in _read_rows(locs_path, 5):
-        image_id = _to_id(locs_path, line_number, fields, fields[0])
-        part_id = _to_id(locs_path, line_number, fields, fields[1])
-        x, y, flag = _to_floats(locs_path, line_number, fields, fields[2:])
-        if image_id not in row_of or part_id > num_parts:
-            raise ValueError(
-                f"Malformed line {locs_path}:{line_number}: "
-                f"{' '.join(fields)!r}. Image id {image_id} must be listed in "
-                f"images.txt and part id {part_id} in parts.txt "
-                f"(1..{num_parts})."
-            )
-        if flag not in (0.0, 1.0):
-            raise ValueError(
-                f"Invalid visibility flag in {locs_path}:{line_number}: "
-                f"{' '.join(fields)!r}. Expected 1 (visible) or 0 "
-                f"(invisible), got {fields[4]!r}."
-            )
-        row, col = row_of[image_id], part_id - 1
-        if lines[row, col]:
-            raise ValueError(
-                f"Malformed line {locs_path}:{line_number}: "
-                f"{' '.join(fields)!r}. Part {part_id} of image {image_id} "
-                "appears twice."
-            )
-        lines[row, col] = line_number
-        visible[row, col] = flag == 1.0
-        if flag == 1.0:
-            locs[row, col] = (x, y)
-    if not lines.all():
-        row, col = np.argwhere(lines == 0)[0]
-        raise ValueError(
-            f"{locs_path} lacks {int((lines == 0).sum())} (image, part) rows, "
-            f"e.g. image id {int(image_ids[row])}, part id {col + 1}. CUB "
-            "lists every part of every image, with `0 0 0` for invisible "
-            "parts."
-        )
-    return part_names, locs, visible, lines
 
 
 def _hide_landmarks_outside(
@@ -538,7 +323,7 @@ def read_cub(
         )
     root = _resolve_root(data_dir)
     images_path = os.path.join(root, "images.txt")
-    relative_paths = _read_names(images_path)
+    relative_paths = read_names(images_path)
     if not relative_paths:
         raise ValueError(
             f"{images_path} lists no images. Expected `<image_id> "
@@ -551,22 +336,22 @@ def read_cub(
     )
 
     classes_path = os.path.join(root, "classes.txt")
-    class_names = _dense_names(classes_path, _read_names(classes_path))
-    labels = _read_labels(
+    class_names = dense_names(classes_path, read_names(classes_path))
+    labels = read_labels(
         os.path.join(root, "image_class_labels.txt"),
         image_ids,
         classes_path,
         len(class_names),
     )
     split_path = os.path.join(root, "train_test_split.txt")
-    is_train = _read_split(split_path, image_ids)
+    is_train = read_split(split_path, image_ids)
     boxes_path = os.path.join(root, "bounding_boxes.txt")
-    box_rows = _read_boxes(boxes_path, image_ids)
+    box_rows = read_boxes(boxes_path, image_ids)
     boxes = np.array([row.values for row in box_rows], dtype="float32")
 
     has_parts = os.path.isdir(os.path.join(root, PARTS_DIR))
     if has_parts:
-        part_names, part_locs, part_visible, part_lines = _read_parts(
+        part_names, part_locs, part_visible, part_lines = read_parts(
             root, image_ids
         )
     else:

@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from keras_interp.data import cub
+from keras_interp.data.negatives import NEGATIVES_DIR
 
-NEGATIVES_DIR = "negatives"
 INFO_FILE = "synthetic_info.json"
 # Fixed so that files are byte-identical for a seed; 90 keeps the part
 # edges sharp at 128 px while the default set stays under 10 MB.

@@ -39,7 +39,6 @@ Invisible landmarks are `[0, 0]`, as in CUB's `part_locs.txt`.
 """
 
 import functools
-import os
 import re
 from collections.abc import Sequence
 
@@ -48,16 +47,19 @@ import tensorflow as tf
 
 from keras_interp.data.cub import CubIndex
 
+# Decode, crop and resize run in parallel; tf.data picks the thread count.
+from keras_interp.data.decode_failures import NUM_PARALLEL_CALLS
+from keras_interp.data.decode_failures import decode_naming_failures
+from keras_interp.data.decode_failures import describe_files
+from keras_interp.data.negatives import NEGATIVE_EXTENSIONS  # noqa: F401
+from keras_interp.data.negatives import NEGATIVE_LABEL
+from keras_interp.data.negatives import OBJECT_LABEL
+from keras_interp.data.negatives import read_negatives  # noqa: F401
+from keras_interp.data.negatives import resolve_negatives
+
 SPLITS = ("train", "test", "all")
 # VGG-16's input size in the paper and the authors' code (docs/method_notes.md).
 DEFAULT_IMAGE_SIZE = 224
-# Decode, crop and resize run in parallel; tf.data picks the thread count.
-NUM_PARALLEL_CALLS = tf.data.AUTOTUNE
-# Labels of the single-category task: objects vs. background images (the
-# authors' `getImdb_cub200.m` uses +1 / -1).
-OBJECT_LABEL = 1
-NEGATIVE_LABEL = 0
-NEGATIVE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Antialias when shrinking, as MATLAB's `imresize` does by default (the
 # authors resize in MATLAB, bilinear; docs/method_notes.md).
 RESIZE_ANTIALIAS = True
@@ -128,74 +130,6 @@ def flip_permutation(part_names: Sequence[str]) -> np.ndarray:
     )
 
 
-def read_negatives(folder: str | os.PathLike) -> np.ndarray:
-    """Lists the background images of a folder for the single-category task.
-
-    The paper trains single-category models against generic background
-    images (the authors ship 1000 in `data/neg/`). Files ending in
-    `NEGATIVE_EXTENSIONS` (any case) directly in `folder` are used, sorted by
-    name; subfolders are ignored.
-
-    Args:
-        folder: folder holding the images.
-
-    Returns:
-        str `(M,)` array of absolute paths, sorted.
-
-    Raises:
-        FileNotFoundError: if `folder` does not exist.
-        ValueError: if it holds no image.
-
-    Example:
-
-    >>> paths = read_negatives("/data/neg")  # doctest: +SKIP
-    """
-    path = os.path.abspath(os.path.expanduser(os.fspath(folder)))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"Negatives folder not found: {path!r}. Pass a folder of "
-            f"background images ({', '.join(NEGATIVE_EXTENSIONS)})."
-        )
-    names = sorted(
-        name
-        for name in os.listdir(path)
-        if name.lower().endswith(NEGATIVE_EXTENSIONS)
-        and os.path.isfile(os.path.join(path, name))
-    )
-    if not names:
-        raise ValueError(
-            f"Negatives folder {path!r} holds no image with extension "
-            f"{NEGATIVE_EXTENSIONS}. Add background images or pass "
-            "`negatives=None`."
-        )
-    return np.array([os.path.join(path, name) for name in names], dtype=str)
-
-
-def _split_negatives(paths: np.ndarray, split: str) -> np.ndarray:
-    # The authors' getImdb_cub200.m: first half train, second half test.
-    num_train = (len(paths) + 1) // 2
-    if split == "train":
-        return paths[:num_train]
-    if split == "test":
-        return paths[num_train:]
-    return paths
-
-
-def _resolve_negatives(negatives, split: str) -> np.ndarray | None:
-    if negatives is None:
-        return None
-    if isinstance(negatives, (str, os.PathLike)):
-        paths = read_negatives(negatives)
-    else:
-        paths = np.asarray(negatives, dtype=str)
-        if paths.ndim != 1 or paths.size == 0:
-            raise ValueError(
-                "`negatives` must be a folder or a non-empty 1-D list of "
-                f"image paths. Received an array of shape {paths.shape}."
-            )
-    return _split_negatives(paths, split)
-
-
 def _split_rows(index: CubIndex, split: str) -> np.ndarray:
     if split == "train":
         return np.flatnonzero(index.is_train)
@@ -232,7 +166,7 @@ def dataset_sizes(
     """
     split = _check_split(split)
     num_objects = int(_split_rows(index, split).size)
-    negative_paths = _resolve_negatives(negatives, split)
+    negative_paths = resolve_negatives(negatives, split)
     num_negatives = 0 if negative_paths is None else int(negative_paths.size)
     sizes = {
         "objects": num_objects,
@@ -358,7 +292,7 @@ def _finish(
 
     With `describe_fn` (example -> scalar string naming its files), an
     example that fails to load stops the iteration with an error naming
-    its files; see `_decode_naming_failures`.
+    its files; see `decode_failures.decode_naming_failures`.
     """
     if shuffle:
         dataset = dataset.shuffle(
@@ -400,7 +334,7 @@ def _finish(
             num_parallel_calls=NUM_PARALLEL_CALLS,
         )
     else:
-        dataset = _decode_naming_failures(
+        dataset = decode_naming_failures(
             dataset,
             decode_fn,
             describe_fn,
@@ -412,109 +346,6 @@ def _finish(
         )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def _placeholder(spec):
-    """Zeros of `spec`'s structure; unknown dimensions become 1."""
-    return tf.nest.map_structure(
-        lambda s: tf.zeros([1 if d is None else d for d in s.shape], s.dtype),
-        spec,
-    )
-
-
-def _decode_naming_failures(
-    dataset: tf.data.Dataset,
-    decode_fn,
-    describe_fn,
-    *,
-    num_examples: int | None,
-) -> tf.data.Dataset:
-    """Maps `(example, random)` to `(decode_fn(example), random)`, naming
-    the files of an example that fails to decode.
-
-    A TensorFlow op error (`jpeg::Uncompress failed`, `Unknown image file
-    format`, ...) carries no file name, and a `tf.data` graph cannot catch
-    it. So the examples are numbered in order, decoded in parallel as usual
-    (order kept), `Dataset.ignore_errors` turns a failed example into a gap
-    in the numbering, and the next example, which carries the description
-    of the one before it, raises an `InvalidArgumentError` that names those
-    files. No example is ever skipped: the first gap stops the iteration.
-    TensorFlow logs the original error as a warning just before. With
-    `num_examples` (a finite dataset of that many examples), an end marker
-    (decoded as zeros, then dropped) follows the last example, so that a
-    failure of the last example is reported too. Only reading and decoding
-    run inside `ignore_errors`; cropping and resizing run after it, fused
-    with batching as before.
-    """
-    finite = num_examples is not None
-    if finite:
-        decoded_spec = dataset.map(
-            lambda example, random: decode_fn(example)
-        ).element_spec
-        dataset = dataset.concatenate(
-            tf.data.Dataset.from_tensors(_placeholder(dataset.element_spec))
-        )
-
-    def number(state, element):
-        count, previous = state
-        example, random = element
-        new_state = (count + 1, describe_fn(example))
-        return new_state, (count, previous, example, random)
-
-    dataset = dataset.scan(
-        (tf.constant(0, "int64"), tf.constant("", "string")), number
-    )
-
-    def decode(count, previous, example, random):
-        if finite:
-            decoded = tf.cond(
-                count == num_examples,
-                lambda: _placeholder(decoded_spec),
-                lambda: decode_fn(example),
-            )
-        else:
-            decoded = decode_fn(example)
-        return count, previous, decoded, random
-
-    dataset = dataset.map(
-        decode, num_parallel_calls=NUM_PARALLEL_CALLS, deterministic=True
-    )
-    dataset = dataset.ignore_errors(log_warning=True)
-
-    def check(expected, element):
-        count, previous, decoded, random = element
-        message = tf.strings.join(
-            [
-                "Could not read or decode ",
-                previous,
-                ". The cause is in the warning that TensorFlow logged just "
-                "before (ignore_errors: Error raised with error message). "
-                "Replace the file, or remove its lines from the dataset "
-                "index files. "
-                "`keras_interp.data.read_cub(..., check_images=True)` finds "
-                "every such image of a CUB folder before training.",
-            ]
-        )
-        assertion = tf.debugging.Assert(tf.equal(count, expected), [message])
-        with tf.control_dependencies([assertion]):
-            return count + 1, (decoded, random, count)
-
-    dataset = dataset.scan(tf.constant(0, "int64"), check)
-    if finite:
-        dataset = dataset.filter(
-            lambda decoded, random, count: count < num_examples
-        )
-    return dataset
-
-
-def _describe_files(example, *, include_part_mask: bool):
-    """The file(s) an example is read from, for error messages."""
-    if not include_part_mask:
-        return example["path"]
-    with_mask = tf.strings.join(
-        [example["path"], " or its part mask ", example["mask_path"]]
-    )
-    return tf.where(example["has_mask"], with_mask, example["path"])
 
 
 def _decode_file(example, *, include_part_mask: bool) -> dict:
@@ -654,7 +485,7 @@ def make_dataset(
         columns["mask_path"] = index.part_mask_paths[rows]
         columns["has_mask"] = np.ones(rows.size, dtype=bool)
 
-    negative_paths = _resolve_negatives(negatives, split)
+    negative_paths = resolve_negatives(negatives, split)
     if negative_paths is not None:
         count = negative_paths.size
         columns["label"] = np.full(rows.size, OBJECT_LABEL, dtype="int32")
@@ -692,7 +523,7 @@ def make_dataset(
         # Some files were not decoded by `read_cub(check_images=True)`:
         # make a decoding failure name its file.
         describe_fn = functools.partial(
-            _describe_files, include_part_mask=include_part_masks
+            describe_files, include_part_mask=include_part_masks
         )
     dataset = tf.data.Dataset.from_tensor_slices(columns)
     return _finish(
