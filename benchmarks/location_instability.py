@@ -4,9 +4,9 @@ Synthesises the peaks of `--images` images x `--filters` filters on a
 `n x n` map (VGG16's 14 x 14 at 224: stride 16, offset 8), with
 `--landmarks` random landmarks (about 80 % visible), and times
 `keras_interp.evaluation.location_instability(...)` with the paper's
-top-100 images: median of `--reps` calls after one warm-up. It also times
-the multi-category form (`labels`, `--categories` classes), which runs the
-metric once per category.
+top-100 images (`evaluation.TOP_K`): median of `--reps` calls after one
+warm-up. It also times the multi-category form (`labels`, `--categories`
+classes), which runs the metric once per category.
 
 `--collect-images N` also times `collect_peaks` (the model pass that
 produces the peaks) on N random images with a VGG16 interpretable model at
@@ -26,16 +26,20 @@ import numpy as np
 from _common import emit
 
 TARGET_S = 60.0
+# Theoretical receptive field of VGG16's conv5_3 (pixels).
+VGG16_RF_SIZE = 212
 
 
 def parse(argv):
+    from keras_interp.evaluation import TOP_K
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--filters", type=int, default=512)
     p.add_argument("--landmarks", type=int, default=3)
     p.add_argument("--map-size", type=int, default=14)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--top-k", type=int, default=100)
+    p.add_argument("--top-k", type=int, default=TOP_K)
     p.add_argument(
         "--categories",
         type=int,
@@ -129,11 +133,14 @@ def main(argv=None):
     from keras_interp.evaluation import ReceptiveField
     from keras_interp.evaluation import location_instability
 
+    # Synthetic peaks need only a grid of cells tiling the image (VGG16's
+    # conv5_3 at 224: stride 16, offset 8); the metric reads the RF size
+    # nowhere, so the one given is VGG16's.
     stride = args.image_size // args.map_size
     rf = ReceptiveField(
         stride=(stride, stride),
         offset=(stride / 2, stride / 2),
-        size=(212, 212),
+        size=(VGG16_RF_SIZE, VGG16_RF_SIZE),
     )
     index, value, landmarks, visible, labels = synthetic_peaks(args)
 
