@@ -704,7 +704,7 @@ def test_synthetic_reads_with_cub_reader(tiny_synthetic):
     )
     assert inside[index.part_visible].all()
     negatives = data.read_negatives(
-        os.path.join(tiny_synthetic, synthetic.NEGATIVES_DIR)
+        os.path.join(tiny_synthetic, data.NEGATIVES_DIR)
     )
     assert negatives.shape == (4,)
 
@@ -805,7 +805,7 @@ def test_negatives_from_synthetic_have_empty_masks(tiny_synthetic):
             image_size=32,
             batch_size=10,
             include_part_masks=True,
-            negatives=os.path.join(tiny_synthetic, synthetic.NEGATIVES_DIR),
+            negatives=os.path.join(tiny_synthetic, data.NEGATIVES_DIR),
         )
     )
     np.testing.assert_array_equal(batch["label"], [1] * 8 + [0] * 2)

@@ -19,6 +19,10 @@ imports nothing of `keras_interp` outside `data/`, and only layers 4 to 6
 import it. The package root (`keras_interp/__init__.py`) is the public
 facade: it may import layers 1 to 5, never `apps/`, and no module imports
 it.
+
+Also checked here: the shared constants are assigned once, `beta`,
+`center` and `normalization` defaults are named constants, a folder name
+is written once, and no module is longer than `MAX_MODULE_LINES`.
 """
 
 import ast
@@ -88,6 +92,8 @@ SHARED_CONSTANTS = (
 # `templates.DEFAULT_CENTER`, `normalization.DEFAULT_NORMALIZATION`; the
 # authors' surrogate `authors_loss.AUTHORS_CENTER`), never a literal.
 NAMED_DEFAULTS = ("beta", "center", "normalization")
+# A module longer than this does more than one thing: split it by concept.
+MAX_MODULE_LINES = 600
 # A folder name with its constant, `data.NEGATIVES_DIR`.
 NAMED_STRINGS = {"negatives": "NEGATIVES_DIR"}
 
@@ -341,6 +347,19 @@ def test_shared_constants_are_defined_once(constant):
     assert len(places) <= 1, (
         f"{constant} is assigned in {len(places)} places (define it once and "
         f"import it): {places}"
+    )
+
+
+def test_modules_are_short():
+    long = []
+    for module, path in sorted(MODULES.items()):
+        with open(path, encoding="utf-8") as f:
+            lines = sum(1 for _ in f)
+        if lines > MAX_MODULE_LINES:
+            long.append(f"{os.path.relpath(path, ROOT)}: {lines} lines")
+    assert not long, (
+        f"modules over {MAX_MODULE_LINES} lines (split them by concept):\n"
+        + "\n".join(long)
     )
 
 

@@ -91,7 +91,7 @@ def test_scenes_read_with_cub_reader(tiny_scenes):
 
 
 def test_scenes_negatives_and_split_counts(tiny_scenes):
-    folder = os.path.join(tiny_scenes, synthetic.NEGATIVES_DIR)
+    folder = os.path.join(tiny_scenes, data.NEGATIVES_DIR)
     negatives = data.read_negatives(folder)
     assert negatives.shape == (6,)
     index = data.read_cub(tiny_scenes)
@@ -313,9 +313,19 @@ def test_train_config_selects_the_embedded_dataset(tmp_path, monkeypatch):
 
 
 def test_generator_modules_import_no_tensorflow():
-    # The embedded datasets are written without TensorFlow (JAX-only
-    # machines); only the tf.data pipeline needs it.
-    for name in ("shapes", "renderer", "cub_writer", "photos", "synthetic"):
+    # The embedded datasets are written, read and their negatives listed
+    # without TensorFlow (JAX-only machines); only the tf.data pipeline
+    # needs it.
+    for name in (
+        "shapes",
+        "renderer",
+        "cub_writer",
+        "photos",
+        "synthetic",
+        "cub",
+        "cub_tables",
+        "negatives",
+    ):
         with open(os.path.join(DATA_PACKAGE, f"{name}.py")) as f:
             tree = ast.parse(f.read())
         for node in ast.walk(tree):
