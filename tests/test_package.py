@@ -27,6 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 BACKEND_AGNOSTIC = [
     "templates.py",
     "losses.py",
+    "normalization.py",
+    "authors_loss.py",
     "distribute.py",
     "callbacks.py",
     "layers/interpretable_mask.py",
@@ -34,6 +36,8 @@ BACKEND_AGNOSTIC = [
     "models/backbones.py",
     "models/builders.py",
     "data/cub.py",
+    "data/cub_tables.py",
+    "data/negatives.py",
     "data/synthetic.py",
 ]
 
