@@ -27,6 +27,7 @@ from keras_interp import evaluation
 from keras_interp import models
 from keras_interp.apps import evaluate as evaluate_lib
 from keras_interp.apps import train
+from keras_interp.evaluation import feature_maps
 from keras_interp.evaluation import report
 
 pytest.importorskip("tensorflow")
@@ -208,13 +209,14 @@ def test_defaults_every_part_and_the_raw_map(
     index = data.read_cub(parts_dir)
     model = keras.models.load_model(model_path)
     probed = []
-    real = evaluation.feature_map_model
+    real = feature_maps.feature_map_model
 
     def spy(model, layer_name, map="masked"):
         probed.append((layer_name, map))
         return real(model, layer_name, map)
 
-    monkeypatch.setattr(evaluation, "feature_map_model", spy)
+    # Every probe (the collectors' too) is built by this function.
+    monkeypatch.setattr(feature_maps, "feature_map_model", spy)
     summary = evaluate_lib.evaluate(
         model, index, eval_map="raw", part_interpretability=False
     )
@@ -308,7 +310,7 @@ def test_constants_are_defined_once_and_evaluate_does_not_import_train():
 
 # The report belongs to the library's evaluation layer: it gets datasets
 # and arrays, never the application layer, the CUB readers or a CLI.
-REPORT_MODULES = ("report.py", "summary.py", "_report_pass.py")
+REPORT_MODULES = ("report.py", "summary.py", "_report_checks.py")
 REPORT_MUST_NOT_IMPORT = (
     "argparse",
     "keras_interp.apps",
@@ -536,7 +538,7 @@ def test_diverged_model_is_refused(parts_dir, model_path, tmp_path, capsys):
     images[1, 0, 0] = np.nan
     batch = {"image": images, "label": np.zeros(2, "int32")}
     with pytest.raises(
-        ValueError, match="logits \\(images 0 to 1 .*must be finite.*check"
+        ValueError, match="outputs \\(images 0 to 1 .*must be finite.*check"
     ):
         report.evaluate_dataset(good, [batch])
 
@@ -776,3 +778,38 @@ def test_cli_bad_input_process_has_no_traceback(parts_dir, model_path):
         line for line in process.stderr.splitlines() if line.startswith("error")
     ]
     assert len(errors) == 1 and re.search(message, errors[0]), process.stderr
+
+
+def test_collect_peaks_keeps_the_outputs_of_the_same_pass(parts_dir):
+    # The report's one pass: logits and peaks together, also when the
+    # evaluated layer sits in a nested backbone.
+    index = data.read_cub(parts_dir)
+    dataset = _dataset(index, "test")
+    inner = models.build_part_classifier(
+        "tiny_vgg",
+        num_classes=NUM_CLASSES,
+        image_size=IMAGE_SIZE,
+        filters=NUM_FILTERS,
+    ).inference
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    nested = keras.Model(inputs, inner(inputs))
+    for model, layer in ((inner, "part_conv"), (nested, "part_conv")):
+        plain = evaluation.collect_peaks(model, layer, dataset)
+        joint = evaluation.collect_peaks(
+            model, layer, dataset, return_outputs=True
+        )
+        assert plain.outputs is None
+        expected = np.concatenate(
+            [model.predict_on_batch(b["image"]) for b in dataset]
+        )
+        np.testing.assert_allclose(joint.outputs, expected, rtol=1e-5)
+        np.testing.assert_array_equal(joint.index, plain.index)
+        np.testing.assert_allclose(joint.value, plain.value, rtol=1e-5)
+    logits = nested.outputs[0]
+    two_outputs = keras.Model(
+        inputs, [logits, keras.layers.Activation("softmax")(logits)]
+    )
+    with pytest.raises(ValueError, match="Received a model with 2 outputs"):
+        evaluation.collect_peaks(
+            two_outputs, "part_conv", dataset, return_outputs=True
+        )

@@ -29,6 +29,12 @@ DEAD_PEAK = 0.0
 # The evaluated location is the map's highest cell (paper §3 and §5.2.2),
 # whatever centre the layers were trained with.
 PEAK_CENTER = "argmax"
+_NON_FINITE_OUTPUTS = (
+    "Non-finite outputs come from a diverged model (NaN or infinite "
+    "weights) or bad inputs, so check the images (finite, 0..255) and the "
+    "model's numerics (e.g. float16 overflow); its argmax classes and peak "
+    "cells would be arbitrary. Evaluate a model with finite weights."
+)
 
 
 class Peaks(NamedTuple):
@@ -43,6 +49,9 @@ class Peaks(NamedTuple):
         labels: `(N,)` class labels, or None.
         image_size: `(H, W)` of the images fed to the model.
         map_size: `(h, w)` of the feature map.
+        outputs: `(N, ...)` the model's output (e.g. the logits) from the
+            same forward pass, with `collect_peaks(return_outputs=True)`;
+            else None.
     """
 
     index: np.ndarray
@@ -52,6 +61,7 @@ class Peaks(NamedTuple):
     labels: Any
     image_size: tuple
     map_size: tuple
+    outputs: Any = None
 
 
 def peaks_from_maps(
@@ -120,6 +130,28 @@ def _batch_field(batch: dict, key: Any) -> Any:
     return np.asarray(batch[key])
 
 
+def _predictor(model: keras.Model, probe: keras.Model, outputs: bool):
+    """`inputs -> (maps, model outputs or None)`, in one forward pass
+    where the map is a tensor of `model`'s own graph."""
+    if not outputs:
+        return lambda inputs: (probe.predict_on_batch(inputs), None)
+    if len(model.outputs) != 1:
+        raise ValueError(
+            "`return_outputs=True` needs a model with one output (e.g. the "
+            f"logits). Received a model with {len(model.outputs)} outputs; "
+            "pass return_outputs=False, or a model with one output."
+        )
+    try:
+        joint = keras.Model(probe.inputs, [probe.output, model.outputs[0]])
+    except (ValueError, TypeError, AttributeError):
+        # A nested layer's map is not a tensor of `model`'s graph.
+        return lambda inputs: (
+            probe.predict_on_batch(inputs),
+            model.predict_on_batch(inputs),
+        )
+    return lambda inputs: tuple(joint.predict_on_batch(inputs))
+
+
 def collect_peaks(
     model: keras.Model,
     layer_name: str,
@@ -131,6 +163,7 @@ def collect_peaks(
     visible_key: str = "part_visible",
     label_key: str = "label",
     preprocess: Callable = None,
+    return_outputs: bool = False,
 ) -> Peaks:
     """Runs `model` over a dataset and keeps each map's peak, batch by batch.
 
@@ -153,19 +186,26 @@ def collect_peaks(
         preprocess: optional function applied to each image batch before
             the model (e.g. `keras.applications.vgg16.preprocess_input`);
             it must not resize, since landmarks are in image pixels.
+        return_outputs: also keep the model's output (its one output,
+            e.g. the logits) of every image in `Peaks.outputs`, from the
+            same forward pass where the layer is not nested (e.g. for the
+            accuracy); checked finite before the maps.
 
     Returns:
         A `Peaks` tuple; `image_size` is the size of the dataset images.
 
     Raises:
-        ValueError: for an empty dataset, a batch without `image_key`, or
-            the errors of `feature_map_model`.
+        ValueError: for an empty dataset, a batch without `image_key`,
+            non-finite outputs or maps, `return_outputs` with a model of
+            several outputs, or the errors of `feature_map_model`.
     """
     probe = probes.feature_map_model(model, layer_name, map)
     data_format = probes.layer_data_format(model, layer_name)
+    predict = _predictor(model, probe, return_outputs)
     fields = {"index": [], "value": [], "landmarks": [], "visible": []}
-    fields["labels"] = []
+    fields.update(labels=[], outputs=[])
     image_size = map_size = None
+    num_images = 0
     for batch in probes.iterate_batches(dataset):
         if image_key not in batch:
             raise ValueError(
@@ -175,8 +215,18 @@ def collect_peaks(
         images = np.asarray(batch[image_key])
         image_size = tuple(int(s) for s in images.shape[1:3])
         inputs = images if preprocess is None else preprocess(images)
-        maps = np.asarray(probe.predict_on_batch(inputs))
-        maps = probes.to_channels_last(maps, data_format)
+        maps, outputs = predict(inputs)
+        if return_outputs:
+            fields["outputs"].append(
+                probes.check_finite(
+                    outputs,
+                    f"The model's outputs (images {num_images} to "
+                    f"{num_images + len(images) - 1} of the dataset)",
+                    _NON_FINITE_OUTPUTS,
+                )
+            )
+        num_images += len(images)
+        maps = probes.to_channels_last(np.asarray(maps), data_format)
         map_size = tuple(int(s) for s in maps.shape[1:3])
         index, value = peaks_from_maps(maps)
         fields["index"].append(index)
@@ -202,6 +252,7 @@ def collect_peaks(
         labels=gather("labels"),
         image_size=image_size,
         map_size=map_size,
+        outputs=gather("outputs") if return_outputs else None,
     )
 
 

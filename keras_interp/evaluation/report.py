@@ -26,7 +26,8 @@ reports:
   with its map laid over them.
 
 The model runs once over the dataset for accuracy and every map's peak
-(`N x F` numbers are kept, never the maps); part interpretability streams
+(`evaluation.collect_peaks(..., return_outputs=True)`: `N x F` peaks and
+`N x classes` logits are kept, never the maps); part interpretability streams
 twice more (`evaluation.collect_part_interpretability`); the figures read
 back only the `num_figure_filters x top_k_images` images they show.
 
@@ -53,11 +54,10 @@ import numpy as np
 from keras_interp import evaluation
 from keras_interp import models
 from keras_interp.evaluation import feature_maps
-from keras_interp.evaluation._report_pass import check_count
-from keras_interp.evaluation._report_pass import check_layer
-from keras_interp.evaluation._report_pass import check_model
-from keras_interp.evaluation._report_pass import collect_report_peaks
-from keras_interp.evaluation._report_pass import conv_layer_names
+from keras_interp.evaluation._report_checks import check_count
+from keras_interp.evaluation._report_checks import check_layer
+from keras_interp.evaluation._report_checks import check_model
+from keras_interp.evaluation._report_checks import conv_layer_names
 from keras_interp.evaluation.summary import SUMMARY_FILENAME
 from keras_interp.evaluation.summary import format_summary
 from keras_interp.evaluation.summary import training_results
@@ -90,6 +90,28 @@ DROP_DEAD_MAPS = True
 FIGURE_SELECTION = (
     "lowest location instability first, then highest mean peak activation"
 )
+
+
+def _hits(peaks: Any, with_landmarks: bool) -> int:
+    """Images whose logits' argmax is their label (`peaks.outputs`)."""
+    needed = {"label": peaks.labels}
+    if with_landmarks:
+        needed.update(parts=peaks.landmarks, part_visible=peaks.visible)
+    missing = [key for key, field in needed.items() if field is None]
+    if missing:
+        raise ValueError(
+            f"`dataset` batches must contain {['image', *needed]} (the "
+            "`keras_interp.data.make_dataset` schema; `parts` and "
+            "`part_visible` only when `parts` are evaluated). Missing "
+            f"{missing} in at least one batch."
+        )
+    logits = peaks.outputs
+    if logits.ndim != 2 or len(logits) != len(peaks.labels):
+        raise ValueError(
+            "`model` must output logits of shape (batch, classes). "
+            f"Received shape {logits.shape} for {len(peaks.labels)} images."
+        )
+    return int(np.sum(np.argmax(logits, axis=-1) == peaks.labels))
 
 
 def _finite_or_none(value: Any) -> Optional[float]:
@@ -259,8 +281,10 @@ def _figure_filters(peak_value, per_filter, count) -> list:
     return [int(f) for f in order[:count]]
 
 
-def _figures(probe, data_format, dataset, values, filters, top_k, rf, out):
+def _figures(model, layer, map, dataset, values, filters, top_k, rf, out):
     """Plots `filters`, reading back only their top `top_k` images."""
+    probe = evaluation.feature_map_model(model, layer, map)
+    data_format = feature_maps.layer_data_format(model, layer)
     wanted = set()
     for f in filters:
         order = np.argsort(-values[:, f], kind="stable")[:top_k]
@@ -417,11 +441,11 @@ def evaluate_dataset(
     parts = None if parts is None else [int(p) for p in parts]
     if parts is not None and not parts:
         parts = None
-    probe = evaluation.feature_map_model(model, layer, map)
-    data_format = feature_maps.layer_data_format(model, layer)
-    peaks, correct = collect_report_peaks(
-        model, probe, data_format, dataset, parts is not None
+    # One forward pass: the logits and every map's peak (never the maps).
+    peaks = evaluation.collect_peaks(
+        model, layer, dataset, map=map, return_outputs=True
     )
+    correct = _hits(peaks, parts is not None)
     num_images, num_filters = peaks.value.shape
     needs_rf = (
         parts is not None
@@ -534,8 +558,9 @@ def evaluate_dataset(
         )
         paths = (
             _figures(
-                probe,
-                data_format,
+                model,
+                layer,
+                map,
                 dataset,
                 peaks.value,
                 filters,
