@@ -71,7 +71,10 @@ def np_filter_loss(x, weight, beta=4.0):
 
 def tiny_model(weight, dense_kernel):
     inputs = keras.Input((H, W, C))
-    y = keras_interp.InterpretableMask(loss_weight=weight, name="mask")(inputs)
+    # `np_mask` centres the mask on the argmax.
+    y = keras_interp.InterpretableMask(
+        loss_weight=weight, center="argmax", name="mask"
+    )(inputs)
     out = keras.layers.Dense(1, name="dense")(keras.layers.Flatten()(y))
     model = keras.Model(inputs, out)
     model.get_layer("dense").set_weights(

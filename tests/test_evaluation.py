@@ -354,11 +354,13 @@ def test_receptive_field_errors():
 
 
 def small_interpretable_model():
+    # Argmax centres: the mask is 1 at each map's peak.
+    argmax = {"loss": None, "center": "argmax"}
     inputs = keras.Input((12, 12, 3))
     x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
-    x = keras_interp.InterpretableMask(name="mask", loss=None)(x)
+    x = keras_interp.InterpretableMask(name="mask", **argmax)(x)
     x = keras_interp.InterpretableConv2D(
-        5, 3, padding="same", name="conv6", loss=None
+        5, 3, padding="same", name="conv6", **argmax
     )(x)
     x = keras.layers.MaxPooling2D(name="pool")(x)
     outputs = keras.layers.Dense(2)(keras.layers.Flatten()(x))
