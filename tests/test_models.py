@@ -51,6 +51,22 @@ def test_default_filters_is_the_backbone_channel_count():
     assert built.inference.get_layer(models.PART_CONV).filters == 128
 
 
+def test_builder_defaults_are_the_library_defaults():
+    # beta, center and normalization default to the one library-wide
+    # value, whatever it is (the builder once defaulted to argmax while
+    # the layers and the training driver used the centroid).
+    built = models.build_part_classifier(
+        "tiny_vgg", num_classes=2, image_size=32
+    )
+    for name in (models.TOP_MASK, models.PART_CONV):
+        layer = built.inference.get_layer(name)
+        assert layer.center == keras_interp.templates.DEFAULT_CENTER, name
+        assert layer.beta == keras_interp.templates.DEFAULT_BETA, name
+        assert layer.normalization == (
+            keras_interp.normalization.DEFAULT_NORMALIZATION
+        ), name
+
+
 def test_apply_mask_false_reaches_both_interpretable_layers():
     built = models.build_part_classifier(
         "tiny_vgg", num_classes=2, image_size=32, apply_mask=False
@@ -372,7 +388,9 @@ def test_tiny_vgg_moving_statistics_follow_a_short_run():
     for _ in range(25):
         backbone(images, training=True)
     norm = backbone.get_layer("block4_conv2_bn")
-    probe = keras.Model(backbone.inputs, backbone.get_layer("block4_conv2").output)
+    probe = keras.Model(
+        backbone.inputs, backbone.get_layer("block4_conv2").output
+    )
     features = ops.convert_to_numpy(probe(images, training=True))
     batch_variance = features.reshape(-1, features.shape[-1]).var(axis=0)
     moving_variance = ops.convert_to_numpy(norm.moving_variance)
