@@ -19,10 +19,10 @@ the same backbone, seeds and head; only the interpretable parts differ):
   `tf.function(jit_compile=True)` removed (TensorFlow only), to see what the
   inner XLA cluster costs or saves.
 * `interp_unfused`, `interp_take`, `interp_remat`: `interp` with an
-  alternative of `_prototypes.py` switched on: the loss differentiated from
-  outside the layers' compiled function; that and the `take_along_axis`
-  template selection (the library of the first benchmark round); the loss
-  rematerialised in the backward pass.
+  alternative of `_prototypes.py` passed to its layers: the loss
+  differentiated from outside the layers' compiled function; that and the
+  `take_along_axis` template selection (the library of the first benchmark
+  round); the loss rematerialised in the backward pass.
 * `interp_chunk128`, `interp_chunk512`: the loss's gradient taken 128 or
   512 filters at a time (the library: 64).
 
@@ -54,7 +54,7 @@ VARIANTS = (
     "interp_chunk128",
     "interp_chunk512",
 )
-# Variants that run with an alternative of `_prototypes.py` switched on.
+# Variants whose layers get an alternative of `_prototypes.py`.
 PROTOTYPE_OF = {
     "interp_unfused": "unfused",
     "interp_take": "take",
@@ -231,28 +231,15 @@ class JaxTrainStep:
 
 
 def train_step(net, x, y, *, jit=True, variant=None):
-    """A blocking train-step closure; prototypes stay on while it runs."""
-    prototype = PROTOTYPE_OF.get(variant)
-    with _prototypes.patched(prototype):
-        if BACKEND == "tensorflow":
-            step = tf_train_step(net, x, y, jit=jit)
-        elif BACKEND == "jax":
-            if not jit:
-                raise ValueError("the JAX step is always jitted; use --jit on")
-            step = JaxTrainStep(net, x, y)  # Traces and compiles here.
-        else:
-            raise ValueError(f"backend {BACKEND!r} is not benchmarked")
-    if prototype is None:
-        return step
-
-    def patched_step():
-        # Tracing happens on the first call (TensorFlow).
-        with _prototypes.patched(prototype):
-            return step()
-
-    patched_step.memory_analysis = getattr(step, "memory_analysis", None)
-    patched_step.num_added_losses = getattr(step, "num_added_losses", None)
-    return patched_step
+    """A blocking train-step closure, with the variant's prototype on."""
+    _prototypes.configure(net, PROTOTYPE_OF.get(variant))
+    if BACKEND == "tensorflow":
+        return tf_train_step(net, x, y, jit=jit)
+    if BACKEND == "jax":
+        if not jit:
+            raise ValueError("the JAX step is always jitted; use --jit on")
+        return JaxTrainStep(net, x, y)  # Traces and compiles here.
+    raise ValueError(f"backend {BACKEND!r} is not benchmarked")
 
 
 def set_precision(precision):

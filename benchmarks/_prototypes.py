@@ -1,12 +1,15 @@
 """Alternative loss paths, switched on while a benchmark variant runs.
 
-Nothing here is imported by `keras_interp`. An alternative replaces a
-function of the library that the layers look up at trace time, only inside
-`patched(name)`. The two proposals of the first benchmark round (`pick`:
-a static-shape template selection; `fused`: the loss's gradient taken in
-the forward pass) are now the library's own code; what stays here are the
-paths they replaced or competed with, so that the benchmarks can still
-show what each change buys:
+Nothing here is imported by `keras_interp`. An alternative is passed to the
+interpretable layers of one model by `configure(model, name)`, before its
+first step is traced: it sets the layers' loss-gradient strategy and
+category-aware loss (`InterpretableMixin._value_and_gradient` and
+`_category_mutual_information`, which exist for this). The two proposals
+of the first benchmark round (`pick`: a static-shape template selection;
+`fused`: the loss's gradient taken in the forward pass) are now the
+library's own code; what stays here are the paths they replaced or
+competed with, so that the benchmarks can still show what each change
+buys:
 
 * `unfused`: the exact filter loss differentiated by TensorFlow from the
   outside of the layers' compiled function (the library before the
@@ -24,29 +27,22 @@ show what each change buys:
   the loss.
 
 * `chunk128`, `chunk512`: the loss's gradient taken 128 or 512 filters
-  at a time instead of the library's 64 (`FILTER_CHUNK`): the trade
-  between the loss's working memory and the loop's overhead.
+  at a time instead of the library's 64 (`_tf_gradients.FILTER_CHUNK`; the
+  alternative passes `filter_chunk`): the trade between the loss's working
+  memory and the loop's overhead.
 
 `unfused` and `remat` change only the TensorFlow path (the library takes
 the forward gradient on TensorFlow only); `take` changes JAX too.
 """
 
-import contextlib
+import functools
 
 from keras import ops
 
+import keras_interp
 from keras_interp import losses
-from keras_interp.layers import interpretable_mask
-
-_ORIGINAL = {
-    (losses, "category_mutual_information"): (
-        losses.category_mutual_information
-    ),
-    (interpretable_mask, "_value_and_gradient"): (
-        interpretable_mask._value_and_gradient
-    ),
-    (interpretable_mask, "FILTER_CHUNK"): interpretable_mask.FILTER_CHUNK,
-}
+from keras_interp import templates
+from keras_interp.layers import _tf_gradients
 
 
 def _autodiff(fn, maps, positives, beta):
@@ -65,10 +61,10 @@ def category_mutual_information_take(
     feature_maps,
     positives,
     *,
-    beta=4.0,
+    beta=templates.DEFAULT_BETA,
     tau=None,
     alpha=None,
-    center="argmax",
+    center=templates.DEFAULT_CENTER,
     normalization=losses.DEFAULT_NORMALIZATION,
     reduction=None,
 ):
@@ -89,31 +85,40 @@ def category_mutual_information_take(
     return ops.sum((prior * ops.exp(log_lik) * log_ratio)[..., 0], axis=0)
 
 
+def _chunked(filter_chunk):
+    return functools.partial(
+        _tf_gradients.value_and_gradient, filter_chunk=filter_chunk
+    )
+
+
+# Per alternative, the layer attributes it sets (without the leading "_").
 PROTOTYPES = {
-    "unfused": {(interpretable_mask, "_value_and_gradient"): _autodiff},
+    "unfused": {"value_and_gradient": _autodiff},
     "take": {
-        (interpretable_mask, "_value_and_gradient"): _autodiff,
-        (losses, "category_mutual_information"): (
-            category_mutual_information_take
-        ),
+        "value_and_gradient": _autodiff,
+        "category_mutual_information": category_mutual_information_take,
     },
-    "remat": {(interpretable_mask, "_value_and_gradient"): _rematerialised},
-    "chunk128": {(interpretable_mask, "FILTER_CHUNK"): 128},
-    "chunk512": {(interpretable_mask, "FILTER_CHUNK"): 512},
+    "remat": {"value_and_gradient": _rematerialised},
+    "chunk128": {"value_and_gradient": _chunked(128)},
+    "chunk512": {"value_and_gradient": _chunked(512)},
 }
 
 
-@contextlib.contextmanager
-def patched(name):
-    """Switches alternative `name` on (library functions replaced) inside."""
+def configure(model, name):
+    """Switches alternative `name` on for the interpretable layers of `model`.
+
+    `model` is a model or an interpretable layer; `name` a key of
+    `PROTOTYPES`, or None for the library's own paths. Call it before the
+    model's first traced step: the layers read these at trace time.
+    Returns `model`.
+    """
     if name is None:
-        yield
-        return
-    replacements = PROTOTYPES[name]
-    try:
-        for (owner, attr), fn in replacements.items():
-            setattr(owner, attr, fn)
-        yield
-    finally:
-        for owner, attr in replacements:
-            setattr(owner, attr, _ORIGINAL[(owner, attr)])
+        return model
+    if name not in PROTOTYPES:
+        raise ValueError(
+            f"Unknown prototype {name!r}; one of {sorted(PROTOTYPES)}."
+        )
+    for layer in keras_interp.interpretable_layers(model):
+        for attribute, value in PROTOTYPES[name].items():
+            setattr(layer, f"_{attribute}", value)
+    return model

@@ -5,17 +5,8 @@ import math
 import keras
 import numpy as np
 
-from keras_interp.layers.interpretable_mask import InterpretableMixin
+from keras_interp.layers import interpretable_layers
 from keras_interp.losses import mutual_information
-
-
-def interpretable_layers(model):
-    """All interpretable layers of `model`, nested models included."""
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=True, recursive=True)
-        if isinstance(layer, InterpretableMixin)
-    ]
 
 
 class FilterLossEpoch(keras.callbacks.Callback):
@@ -331,9 +322,7 @@ class InterpretabilityLogger(keras.callbacks.Callback):
                 if layer.data_format == "channels_first":
                     raw = np.moveaxis(raw, 1, -1)
                     masked = np.moveaxis(masked, 1, -1)
-                beta = layer.beta
-                if layer.beta_variable is not None:
-                    beta = layer.beta_variable.numpy()
+                beta = keras.ops.convert_to_numpy(layer.current_beta())
                 mi = keras.ops.convert_to_numpy(
                     mutual_information(
                         raw.astype("float32"),

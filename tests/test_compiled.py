@@ -34,7 +34,7 @@ FUNCTIONS = {
     "templates_per_filter": lambda x: keras_interp.part_templates(
         4, 5, beta=tf.constant([2.0, 3.0, 4.0])
     ),
-    "mask_argmax": lambda x: keras_interp.part_mask(x),
+    "mask_argmax": lambda x: keras_interp.part_mask(x, center="argmax"),
     "mask_centroid": lambda x: keras_interp.part_mask(x, center="centroid"),
     "mi": lambda x: keras_interp.mutual_information(x, tau=0.05),
     "mi_per_filter": lambda x: keras_interp.mutual_information(

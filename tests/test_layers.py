@@ -1,5 +1,6 @@
 """The layer battery for InterpretableConv2D and InterpretableMask."""
 
+import functools
 import os
 import warnings
 
@@ -9,6 +10,7 @@ import pytest
 from keras import ops
 
 import keras_interp
+from keras_interp.layers import _tf_gradients
 
 RNG = np.random.default_rng(1234)
 
@@ -170,11 +172,13 @@ def test_category_state_survives_save_load(tmp_path):
 
 
 def test_loss_only_in_training_and_output_is_masked():
-    layer = keras_interp.InterpretableMask()
+    layer = keras_interp.InterpretableMask(center="argmax")
     x = maps((3, 5, 5, 2))
     y = layer(x)
     assert len(layer.losses) == 0
-    expected = x * ops.convert_to_numpy(keras_interp.part_mask(x))
+    expected = x * ops.convert_to_numpy(
+        keras_interp.part_mask(x, center="argmax")
+    )
     np.testing.assert_allclose(ops.convert_to_numpy(y), expected, rtol=1e-6)
     assert filter_loss(layer, x) < 0
 
@@ -206,15 +210,28 @@ def test_apply_mask_must_be_a_bool():
         keras_interp.InterpretableMask(apply_mask=1)
 
 
-def test_mask_rectifies_its_input():
-    layer = keras_interp.InterpretableMask()
+@pytest.mark.parametrize("center", ["argmax", "centroid"])
+def test_mask_rectifies_its_input(center):
+    layer = keras_interp.InterpretableMask(center=center)
     x = RNG.normal(size=(2, 4, 4, 3)).astype("float32")
     y = ops.convert_to_numpy(layer(x))
     assert np.all(y >= 0)
     relu = np.maximum(x, 0)
-    np.testing.assert_allclose(
-        y, relu * ops.convert_to_numpy(keras_interp.part_mask(relu))
-    )
+    mask = keras_interp.part_mask(relu, center=center)
+    np.testing.assert_allclose(y, relu * ops.convert_to_numpy(mask))
+
+
+def test_default_center_and_beta_are_the_templates_defaults():
+    from keras_interp import templates
+
+    for layer in (
+        keras_interp.InterpretableMask(),
+        keras_interp.InterpretableConv2D(2, 3),
+    ):
+        assert layer.center == templates.DEFAULT_CENTER
+        assert layer.beta == templates.DEFAULT_BETA
+        assert layer.current_beta() == templates.DEFAULT_BETA
+        assert layer.get_config()["center"] == templates.DEFAULT_CENTER
 
 
 def test_loss_value_is_weighted_sum_of_negative_mi():
@@ -266,6 +283,82 @@ def test_filter_loss_epoch_callback_sets_epoch():
     for layer in keras_interp.interpretable_layers(model):
         assert float(layer.epoch.numpy()) == 3.0
     assert len(keras_interp.interpretable_layers(model)) == 2
+
+
+def test_interpretable_layers_finds_nested_and_shared_layers_once():
+    shared = keras_interp.InterpretableMask(name="shared")
+    inner = keras.Sequential(
+        [
+            keras.Input((6, 6, 4)),
+            keras_interp.InterpretableConv2D(4, 3, padding="same", name="c"),
+            shared,
+        ],
+        name="inner",
+    )
+    images = keras.Input((6, 6, 4))
+    x = keras.layers.Conv2D(4, 1, name="plain")(images)
+    x = inner(keras_interp.InterpretableMask(name="outer_mask")(x))
+    x = shared(x)  # The same layer again, outside the nested model.
+    outer = keras.Model(images, keras.layers.GlobalAveragePooling2D()(x))
+    wrapper = keras.Sequential([outer], name="wrapper")
+
+    names = [layer.name for layer in keras_interp.interpretable_layers(outer)]
+    assert names == ["outer_mask", "c", "shared"]
+    found = keras_interp.interpretable_layers(wrapper)
+    assert [layer.name for layer in found] == names
+    assert keras_interp.interpretable_layers(shared) == [shared]
+    assert (
+        keras_interp.interpretable_layers(
+            keras.Sequential([keras.layers.Dense(2)])
+        )
+        == []
+    )
+    with pytest.raises(ValueError, match="`model` must be a Keras model"):
+        keras_interp.interpretable_layers([shared])
+
+
+def test_current_beta_is_the_fixed_or_learned_value():
+    assert keras_interp.InterpretableMask(beta=3.0).current_beta() == 3.0
+    per_filter = keras_interp.InterpretableMask(beta=[3.0, 5.0])
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(per_filter.current_beta()), [3.0, 5.0]
+    )
+    learned = keras_interp.InterpretableMask(beta="learned")
+    with pytest.raises(ValueError, match="learns beta.*built"):
+        learned.current_beta()
+    learned.build((None, 4, 4, 2))
+    learned.beta_variable.assign([1.5, 2.5])
+    beta = learned.current_beta()
+    learned.beta_variable.assign([7.0, 7.0])  # A copy, not the variable.
+    np.testing.assert_array_equal(ops.convert_to_numpy(beta), [1.5, 2.5])
+
+
+def test_model_saved_before_the_engine_split_still_loads():
+    # tests/data/pre_refactor_layers.keras was saved by the layers as they
+    # were before the engine moved to base_interpretable.py (commit
+    # 5a2e887): both layers, category statistics and a learned beta,
+    # trained for 2 epochs. Registered names and variable paths must keep
+    # loading it, with the same outputs.
+    data = os.path.join(os.path.dirname(__file__), "data")
+    model = keras.models.load_model(
+        os.path.join(data, "pre_refactor_layers.keras")
+    )
+    expected = np.load(os.path.join(data, "pre_refactor_layers.npz"))
+    interp = model.get_layer("interp")
+    mask = model.get_layer("top_mask")
+    assert type(interp) is keras_interp.InterpretableConv2D
+    assert type(mask) is keras_interp.InterpretableMask
+    # Saved with an explicit centre each: a changed default does not apply.
+    assert (interp.center, mask.center) == ("centroid", "argmax")
+    np.testing.assert_array_equal(
+        interp.beta_variable.numpy(), expected["interp_beta"]
+    )
+    np.testing.assert_array_equal(
+        mask.class_activation.numpy(), expected["mask_class_activation"]
+    )
+    assert float(mask.epoch.numpy()) == 2.0
+    outputs = model.predict([expected["images"], expected["labels"]], verbose=0)
+    np.testing.assert_allclose(outputs, expected["outputs"], rtol=1e-5)
 
 
 def test_fit_logs_filter_loss_per_layer():
@@ -406,16 +499,13 @@ def test_authors_loss_injects_the_authors_gradient():
 )
 @pytest.mark.parametrize("use_labels", [False, True])
 def test_exact_loss_gradient_is_autodiff_of_the_loss(
-    mode, chunk, beta, use_labels, monkeypatch
+    mode, chunk, beta, use_labels
 ):
     # On TensorFlow the layer takes the exact loss's gradient in its forward
     # pass, a group of filters at a time, and injects it; it must equal
     # plain autodiff of the loss function, times the upstream gradient.
     import tensorflow as tf
 
-    from keras_interp.layers import interpretable_mask
-
-    monkeypatch.setattr(interpretable_mask, "FILTER_CHUNK", chunk)
     weight, upstream = 0.7, 3.0
     x = tf.constant(maps((6, 5, 5, 4), seed=11) + 0.01)  # > 0: ReLU identity
     labels = tf.constant([0, 1, 2, 1, 2, 0])
@@ -425,7 +515,11 @@ def test_exact_loss_gradient_is_autodiff_of_the_loss(
         beta=beta,
         num_classes=3,
         background_class=0,
+        center="argmax",
         jit_compile=mode != "eager",
+    )
+    layer._value_and_gradient = functools.partial(
+        _tf_gradients.value_and_gradient, filter_chunk=chunk
     )
     layer.build(x.shape)
     # Large statistics: the moving average keeps this assignment.
@@ -451,7 +545,7 @@ def test_exact_loss_gradient_is_autodiff_of_the_loss(
                 labels.numpy()[:, None] != 0
             )
             mi = keras_interp.category_mutual_information(
-                x, positives, beta=beta_tensor
+                x, positives, beta=beta_tensor, center="argmax"
             )
         else:
             mi = keras_interp.mutual_information(x, beta=beta_tensor)
@@ -484,7 +578,7 @@ def test_channels_first_matches_channels_last():
     )
 
 
-# --- Mixed precision and degenerate inputs -------------------------------------
+# --- Mixed precision and degenerate inputs ------------------------------------
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])

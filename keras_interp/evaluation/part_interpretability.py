@@ -35,6 +35,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from keras_interp import class_statistics
 from keras_interp.evaluation import feature_maps as probes
 from keras_interp.evaluation._regions import EPSILON as _EPSILON
 from keras_interp.evaluation._regions import RADII  # noqa: F401 (public)
@@ -283,7 +284,9 @@ def filter_categories(labels: Any, activation_sums: Any) -> np.ndarray:
     np.add.at(class_sums, ids, sums)
     counts = np.bincount(ids, minlength=len(classes))
     mean = class_sums / np.maximum(counts, 1)[:, None]
-    return classes[np.argmax(mean, axis=0)]
+    assigned = keras.ops.convert_to_numpy(class_statistics.assign_filters(mean))
+    # A filter never active (-1 there) keeps argmax's first category here.
+    return classes[np.where(assigned < 0, np.argmax(mean, axis=0), assigned)]
 
 
 def part_interpretability(

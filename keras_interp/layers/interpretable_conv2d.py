@@ -2,10 +2,7 @@
 
 import keras
 
-from keras_interp import losses
-from keras_interp import templates
-from keras_interp.layers import interpretable_mask
-from keras_interp.layers.interpretable_mask import InterpretableMixin
+from keras_interp.layers.base_interpretable import InterpretableMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_interp")
@@ -21,37 +18,75 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
          -> mask around each map's peak -> output
     ```
 
-    It takes every `keras.layers.Conv2D` argument except `activation` (the
-    ReLU is part of the method: the templates score non-negative maps), plus
-    the interpretability arguments documented in full on
-    `keras_interp.InterpretableMask`: `loss`, `loss_weight`,
-    `loss_weight_decay`, `normalization`, `beta`, `center`, `tau`, `alpha`,
-    `num_classes`, `background_class`, `assignment_momentum`, `beta_rate`,
-    `mask_at_inference`, `apply_mask` and `jit_compile`. By default the filter loss is
-    scale-free (`normalization="mean_max"`).
+    The part location `mu` of each map is its activation-weighted centroid
+    or its argmax (`center`). While training, the filter loss `-MI(X; T)`
+    (Eq. 1) between the batch of maps and the `H*W + 1` part templates is
+    added through `add_loss`, times `loss_weight`; with `labels` it is
+    category-aware (Eq. 4). The output is `x * max(1 - beta d(mu), 0)`, with
+    no gradient through the mask. The loss is computed in float32, logged as
+    `<layer name>_filter_loss` (not on JAX), and XLA-compiled on TensorFlow.
 
     The paper adds such a layer (3x3, M filters, zero padding, bias) on top
-    of a backbone's top conv layer and makes the backbone's own top filters
-    interpretable with the mask; see `InterpretableMask`.
+    of a backbone's top conv layer, and makes the backbone's own top filters
+    interpretable with `keras_interp.InterpretableMask`.
 
     Args:
         filters: positive int, the number of filters.
         kernel_size: int or tuple of 2 ints.
-        strides, padding, data_format, dilation_rate, groups, use_bias,
-            kernel_initializer, bias_initializer, kernel_regularizer,
-            bias_regularizer, activity_regularizer, kernel_constraint,
-            bias_constraint: as in `keras.layers.Conv2D`.
-        loss: `"mutual_information"` (default), `"authors"` or `None`.
-        loss_weight: float lambda per filter; `None` picks 0.002 for the
-            exact loss and 0.02 for `"authors"` (0.02 and 1.0 with
-            `normalization=None`); see `InterpretableMask`.
-        **kwargs: the remaining `InterpretableMask` arguments and base layer
-            arguments (`name`, `dtype`, ...).
+        loss: `"mutual_information"` (default): the exact `-MI` of Eq. 1, or
+            its category-aware form with labels; `"authors"`: the same value
+            with the authors' surrogate gradient
+            (`losses.authors_filter_gradient`); `None`: mask only, no loss.
+        loss_weight: float `lambda` >= 0 on the sum of the per-filter
+            losses (Eq. 3). `None` (default) picks, per filter, 0.002 for
+            `"mutual_information"` and 0.02 for `"authors"`; 0.02 and 1.0
+            with `normalization=None` (evidence at
+            `base_interpretable.DEFAULT_LOSS_WEIGHTS`).
+        loss_weight_decay: `None` (default) or `"inverse_epoch"`: divide the
+            weight by the epoch `t` (paper: `lambda ∝ 1/t`), advanced by the
+            `keras_interp.FilterLossEpoch` callback.
+        normalization: `"mean_max"` (default): the loss scores
+            `x * H*W / m_f`, `m_f` the batch mean of the filter's peak, so it
+            is scale-free; `None`: the paper-literal loss on the raw maps.
+        beta: template slope in paper units: a float (default
+            `templates.DEFAULT_BETA`, 4, the paper's value), one value per
+            filter, or `"learned"` (the authors' rule, a non-trainable
+            per-filter beta moved toward `learned_beta_target`).
+        center: `"centroid"` (default, `templates.DEFAULT_CENTER`; the
+            authors' code) or `"argmax"` (the paper).
+        tau: template scale for the loss; default `0.5 / (H * W)`.
+        alpha: prior mass of the positive templates; default
+            `H*W / (1 + H*W)`.
+        num_classes: number of label classes passed at call time, for the
+            category-aware loss; each filter is assigned to the class with
+            the highest moving average of its mean activation
+            (`filter_assignment()`, paper Section 3.1).
+        background_class: optional class id whose images are negatives for
+            every filter and which no filter is assigned to.
+        assignment_momentum: momentum of the per-class activation average.
+            Default 0.9 (authors' code).
+        beta_rate: with `beta="learned"`, the fraction of the gap to the
+            target closed per training step. Default 0.1.
+        mask_at_inference: apply the mask outside training too (default
+            True, as in the authors' code).
+        apply_mask: apply the forward mask at all (default True); False is
+            the "loss without the mask" ablation.
+        jit_compile: XLA-compile the template, mask and loss math on the
+            TensorFlow backend (default True).
+        **kwargs: every other `keras.layers.Conv2D` argument (`strides`,
+            `padding`, `data_format`, `dilation_rate`, `groups`, `use_bias`,
+            the initializers, regularizers and constraints) except
+            `activation` (the ReLU is part of the method: the templates
+            score non-negative maps), and base layer arguments (`name`,
+            `dtype`, ...).
 
     Call arguments:
         inputs: rank-4 tensor whose conv output has static spatial size.
-        labels: optional class ids `(batch,)` (or one-hot) for the
-            category-aware loss; checked as in `InterpretableMask`.
+        labels: optional class ids `(batch,)` or `(batch, 1)`, or one-hot
+            rows `(batch, num_classes)`, for the category-aware loss.
+            Requires `num_classes`. Shapes are checked whenever known,
+            values in eager calls; inside a compiled graph an id outside
+            `[0, num_classes)` is an image of no class.
         training: Python bool; the loss and state updates happen only then.
 
     Input shape:
@@ -69,40 +104,7 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
     ((4, 7, 7, 8), 1)
     """
 
-    def __init__(
-        self,
-        filters,
-        kernel_size,
-        strides=(1, 1),
-        padding="valid",
-        data_format=None,
-        dilation_rate=(1, 1),
-        groups=1,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        loss="mutual_information",
-        loss_weight=None,
-        loss_weight_decay=None,
-        normalization=losses.DEFAULT_NORMALIZATION,
-        beta=templates.DEFAULT_BETA,
-        center="argmax",
-        tau=None,
-        alpha=None,
-        num_classes=None,
-        background_class=None,
-        assignment_momentum=interpretable_mask.DEFAULT_ASSIGNMENT_MOMENTUM,
-        beta_rate=interpretable_mask.DEFAULT_BETA_RATE,
-        mask_at_inference=True,
-        apply_mask=True,
-        jit_compile=True,
-        **kwargs,
-    ):
+    def __init__(self, filters, kernel_size, **kwargs):
         if "activation" in kwargs:
             raise ValueError(
                 "InterpretableConv2D always applies ReLU before its mask and "
@@ -111,6 +113,8 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
                 "keras.layers.Conv2D followed by "
                 "keras_interp.InterpretableMask."
             )
+        # Conv2D's own messages for 2.5 (groups), True (accepted) or "a"
+        # (TypeError) do not say what `filters` must be.
         if (
             isinstance(filters, bool)
             or not isinstance(filters, int)
@@ -123,40 +127,11 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
         super().__init__(
             filters=filters,
             kernel_size=kernel_size,
-            strides=strides,
-            padding=padding,
-            data_format=data_format,
-            dilation_rate=dilation_rate,
-            groups=groups,
             activation="relu",
-            use_bias=use_bias,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            activity_regularizer=activity_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
             **kwargs,
         )
-        self._init_interpretable(
-            loss=loss,
-            loss_weight=loss_weight,
-            loss_weight_decay=loss_weight_decay,
-            normalization=normalization,
-            beta=beta,
-            center=center,
-            tau=tau,
-            alpha=alpha,
-            num_classes=num_classes,
-            background_class=background_class,
-            assignment_momentum=assignment_momentum,
-            beta_rate=beta_rate,
-            mask_at_inference=mask_at_inference,
-            apply_mask=apply_mask,
-            jit_compile=jit_compile,
-        )
-        # Checked in `build`, with a message that says how to fix it.
+        # Conv2D's `InputSpec(min_ndim=4)` would reject a wrong rank before
+        # `build`, whose message says how to fix it (`_check_map_shape`).
         self.input_spec = None
 
     def build(self, input_shape):
@@ -171,7 +146,9 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
         return self._interpret(super().call(inputs), labels, training)
 
     def save_own_variables(self, store):
-        # Conv2D saves only its kernel and bias, by position.
+        # Conv2D saves only its kernel and bias (by position): the
+        # interpretable state (epoch, class statistics, learned beta) is
+        # saved by name beside them.
         super().save_own_variables(store)
         for variable in self._interpretable_variables():
             store[variable.name] = variable
@@ -183,6 +160,5 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("activation", None)
-        config.update(self._interpretable_config())
+        config.pop("activation", None)  # Always ReLU; not an argument.
         return config
