@@ -17,7 +17,7 @@ global batch, so no special handling is needed there.
 import keras
 from keras import ops
 
-from keras_interp.losses import BatchReduction
+from keras_interp.normalization import BatchReduction
 
 
 class CrossReplicaReduction(BatchReduction):
