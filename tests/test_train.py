@@ -13,42 +13,28 @@ import numpy as np
 import pytest
 
 from keras_interp import data
-from keras_interp import train
+from keras_interp.apps import train
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
+import train_runs  # noqa: E402
 
 tf = pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="TF training script"
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "examples", "train_cub.py")
+tiny_config = train_runs.tiny_config
 
 
 @pytest.fixture(scope="module")
 def parts_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("parts")
-    return data.write_synthetic_parts(
-        str(root / "CUB_200_2011"),
+    return train_runs.write_parts(
+        tmp_path_factory.mktemp("parts"),
         seed=3,
-        num_classes=3,
         images_per_class=10,
         image_size=64,
         num_negatives=12,
     )
-
-
-def tiny_config(parts_dir, model_dir, **overrides):
-    config = dict(
-        data_dir=parts_dir,
-        image_size=32,
-        batch_size=4,
-        epochs=2,
-        steps_per_epoch=3,
-        model_dir=str(model_dir),
-        verbose=0,
-    )
-    config.update(overrides)
-    return train.TrainConfig(**config)
 
 
 def read_events(logdir):
@@ -174,24 +160,10 @@ def test_missing_data_dir_names_the_path(tmp_path):
 
 
 def _run_script(parts_dir, model_dir, **popen):
-    args = [
-        sys.executable,
-        SCRIPT,
-        f"--data_dir={parts_dir}",
-        f"--model_dir={model_dir}",
-        "--image_size=32",
-        "--batch_size=4",
-        "--epochs=3",
-        "--steps_per_epoch=6",
-        "--verbose=0",
-    ]
-    env = {**os.environ, "PYTHONPATH": ROOT, "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.Popen(args, env=env, **popen)
-
-
-def _weights(model_dir):
-    model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
-    return [w.numpy() for w in model.weights]
+    command = train_runs.script_command(
+        parts_dir, model_dir, epochs=3, steps_per_epoch=6
+    )
+    return subprocess.Popen(command, env=train_runs.script_env(), **popen)
 
 
 @pytest.mark.slow
@@ -220,5 +192,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(parts_dir, tmp_path):
     assert resumed.returncode == 0, out.decode()[-2000:]
     assert b"resuming from the end of epoch" in out
     # CPU kernels are deterministic run to run; allow float32 round-off.
-    for a, b in zip(_weights(straight), _weights(killed)):
+    for a, b in zip(
+        train_runs.saved_weights(straight), train_runs.saved_weights(killed)
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

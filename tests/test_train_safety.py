@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 
 import keras
@@ -19,47 +18,29 @@ import pytest
 
 from keras_interp import callbacks
 from keras_interp import data
-from keras_interp import train
+from keras_interp.apps import train
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
+import train_runs  # noqa: E402
 
 tf = pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="TF training script"
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "examples", "train_cub.py")
+tiny_config = train_runs.tiny_config
+saved_weights = train_runs.saved_weights
 
 
 @pytest.fixture(scope="module")
 def parts_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("parts")
-    return data.write_synthetic_parts(
-        str(root / "CUB_200_2011"),
+    return train_runs.write_parts(
+        tmp_path_factory.mktemp("parts"),
         seed=5,
-        num_classes=3,
         images_per_class=8,
         image_size=48,
         num_negatives=4,
     )
-
-
-def tiny_config(parts_dir, model_dir, **overrides):
-    config = dict(
-        data_dir=parts_dir,
-        image_size=32,
-        batch_size=4,
-        epochs=2,
-        steps_per_epoch=3,
-        model_dir=str(model_dir),
-        verbose=0,
-    )
-    config.update(overrides)
-    return train.TrainConfig(**config)
-
-
-def saved_weights(model_dir):
-    model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
-    return [w.numpy() for w in model.weights]
 
 
 def assert_same(a, b):
@@ -106,6 +87,8 @@ def test_rerun_of_a_finished_run_keeps_model_and_results(
         again["location_instability"], first["location_instability"]
     )
     assert_same(saved_weights(run), weights)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved == first["config"]
 
 
 @pytest.mark.parametrize(
@@ -173,6 +156,10 @@ def test_backup_trained_with_other_settings_is_not_resumed(
         train.train_and_evaluate(tiny_config(parts_dir, run, learning_rate=0.1))
     assert (run / "results.json").read_bytes() == results_bytes
     assert not (run / "model.keras").exists()
+    # The refused settings did not replace those the weights were trained
+    # with.
+    saved = train.TrainConfig.from_json(str(run / "config.json"))
+    assert saved.learning_rate == 0.05
 
 
 def test_epochs_below_the_backup_are_refused(parts_dir, finished_run, tmp_path):
@@ -241,6 +228,8 @@ def test_diverged_run_raises_and_saves_nothing(parts_dir, tmp_path):
     assert "loss_weight=1e+06" in message
     assert not (tmp_path / "model.keras").exists()
     assert not (tmp_path / "results.json").exists()
+    # The settings were written before training started.
+    assert train.TrainConfig.from_json(str(tmp_path / "config.json")) == config
 
 
 def test_out_of_range_labels_are_refused_before_training(
@@ -284,10 +273,8 @@ def _summary(**overrides):
     ],
 )
 def test_evaluate_model_carries_the_reason(monkeypatch, summary):
-    from keras_interp import evaluate as evaluate_lib
-
     monkeypatch.setattr(
-        evaluate_lib, "evaluate_dataset", lambda *args, **kwargs: summary
+        train.report_lib, "evaluate_dataset", lambda *args, **kwargs: summary
     )
     results = train.evaluate_model(None, None, parts=[0])
     assert math.isnan(results["location_instability"])
@@ -314,27 +301,8 @@ def test_printed_summary_gives_reasons_and_paths(tmp_path, capsys):
 
 
 def _script(parts_dir, model_dir, *extra):
-    args = [
-        sys.executable,
-        SCRIPT,
-        f"--data_dir={parts_dir}",
-        f"--model_dir={model_dir}",
-        "--image_size=32",
-        "--batch_size=4",
-        "--epochs=1",
-        "--steps_per_epoch=3",
-        "--verbose=0",
-        *extra,
-    ]
-    env = {**os.environ, "PYTHONPATH": ROOT, "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    return subprocess.run(
-        args,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=600,
-        text=True,
+    return train_runs.run_script(
+        parts_dir, model_dir, *extra, epochs=1, steps_per_epoch=3
     )
 
 

@@ -24,7 +24,7 @@ import os
 
 import keras
 
-from keras_interp.callbacks import interpretable_layers
+from keras_interp.layers import interpretable_layers
 
 
 def _tf():
