@@ -17,7 +17,7 @@ from PIL import Image
 from PIL import ImageDraw
 
 from keras_interp import data
-from keras_interp import train
+from keras_interp.apps import train
 from keras_interp.data import cub_writer
 from keras_interp.data import photos
 from keras_interp.data import renderer
