@@ -35,7 +35,6 @@ import keras
 from keras_interp import data as data_lib
 from keras_interp import evaluation
 from keras_interp import models
-from keras_interp.data.cub_writer import NEGATIVES_DIR
 from keras_interp.evaluation import feature_maps
 from keras_interp.evaluation import report
 
@@ -302,7 +301,7 @@ def _parser() -> argparse.ArgumentParser:
         "--negatives",
         default=None,
         help="Background images for a single-category model; default "
-        f"<data_dir>/{NEGATIVES_DIR} when {RESULTS_FILENAME} says "
+        f"<data_dir>/{data_lib.NEGATIVES_DIR} when {RESULTS_FILENAME} says "
         "task=single.",
     )
     parser.add_argument("--layer", default=models.PART_CONV)
@@ -327,7 +326,7 @@ def _negatives(args, config: dict, data_dir: str) -> Any:
         return args.negatives
     if config.get("task") != "single":
         return None
-    folder = os.path.join(data_dir, NEGATIVES_DIR)
+    folder = os.path.join(data_dir, data_lib.NEGATIVES_DIR)
     if not os.path.isdir(folder):
         raise ValueError(
             "The model was trained for the single-category task "
