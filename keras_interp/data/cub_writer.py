@@ -23,7 +23,6 @@ import shutil
 import tempfile
 import time
 
-import numpy as np
 from PIL import Image
 
 from keras_interp.data import cub
@@ -35,20 +34,6 @@ INFO_FILE = "synthetic_info.json"
 JPEG_QUALITY = 90
 
 _logger = logging.getLogger(__name__)
-
-
-def check_count(name, value, minimum):
-    """`value` as an int, or a ValueError naming `name` if not >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. Received: "
-            f"{name}={value!r}."
-        )
-    if value < minimum:
-        raise ValueError(
-            f"`{name}` must be >= {minimum}. Received: {name}={value}."
-        )
-    return int(value)
 
 
 def save_jpeg(pixels, path):

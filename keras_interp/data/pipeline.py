@@ -45,6 +45,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_interp.data._checks import check_count
 from keras_interp.data.cub import CubIndex
 
 # Decode, crop and resize run in parallel; tf.data picks the thread count.
@@ -67,18 +68,6 @@ RESIZE_ANTIALIAS = True
 # integer before rounding outward (normalised TFDS boxes are not exact).
 _BOX_ROUNDING_TOLERANCE = 1e-3
 _SIDE_PATTERN = re.compile(r"\b(left|right)\b", flags=re.IGNORECASE)
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}."
-        )
-    if value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value}."
-        )
-    return int(value)
 
 
 def _check_split(split: str) -> str:
@@ -174,7 +163,7 @@ def dataset_sizes(
         "examples": num_objects + num_negatives,
     }
     if batch_size is not None:
-        batch_size = _check_positive_int("batch_size", batch_size)
+        batch_size = check_count("batch_size", batch_size, 1)
         total = sizes["examples"]
         sizes["batches"] = (
             total // batch_size if drop_remainder else -(-total // batch_size)
@@ -462,8 +451,8 @@ def make_dataset(
     (TensorShape([32, 224, 224, 3]), TensorShape([32, 15, 2]))
     """
     split = _check_split(split)
-    image_size = _check_positive_int("image_size", image_size)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    image_size = check_count("image_size", image_size, 1)
+    batch_size = check_count("batch_size", batch_size, 1)
     if include_part_masks and index.part_mask_paths is None:
         raise ValueError(
             "`include_part_masks=True` needs part masks, but the dataset at "

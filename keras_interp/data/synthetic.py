@@ -96,6 +96,7 @@ import numpy as np
 from keras_interp.data import cub_writer
 from keras_interp.data import photos
 from keras_interp.data import renderer
+from keras_interp.data._checks import check_count
 from keras_interp.data.cub_writer import JPEG_QUALITY  # noqa: F401
 from keras_interp.data.cub_writer import NEGATIVES_DIR  # noqa: F401
 from keras_interp.data.renderer import SUPERSAMPLING  # noqa: F401
@@ -158,11 +159,10 @@ def _write(
 ):
     """Validates the arguments, draws every image and writes the folder."""
     num_classes = _check_num_classes(num_classes)
-    check = cub_writer.check_count
-    images_per_class = check("images_per_class", images_per_class, 1)
-    image_size = check("image_size", image_size, _MIN_IMAGE_SIZE)
-    num_negatives = check("num_negatives", num_negatives, 0)
-    seed = check("seed", seed, 0)
+    images_per_class = check_count("images_per_class", images_per_class, 1)
+    image_size = check_count("image_size", image_size, _MIN_IMAGE_SIZE)
+    num_negatives = check_count("num_negatives", num_negatives, 0)
+    seed = check_count("seed", seed, 0)
     writer = cub_writer.CubWriter(root, part_names=PART_NAMES)
     period, train = split
     object_kind, negative_kind = kinds

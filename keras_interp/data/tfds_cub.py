@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_interp.data import pipeline
+from keras_interp.data._checks import check_count
 
 TFDS_NAME = "caltech_birds2011"
 # TFDS split names for the pipeline's splits.
@@ -121,8 +122,8 @@ def load_tfds_cub(
     ...                       "train")  # doctest: +SKIP
     """
     split = pipeline._check_split(split)
-    image_size = pipeline._check_positive_int("image_size", image_size)
-    batch_size = pipeline._check_positive_int("batch_size", batch_size)
+    image_size = check_count("image_size", image_size, 1)
+    batch_size = check_count("batch_size", batch_size, 1)
     path = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
     if not os.path.isdir(path):
         raise FileNotFoundError(
