@@ -5,6 +5,7 @@ import math
 import keras
 import numpy as np
 
+from keras_interp import templates
 from keras_interp.layers import interpretable_layers
 from keras_interp.losses import mutual_information
 
@@ -237,9 +238,13 @@ class InterpretabilityLogger(keras.callbacks.Callback):
 
     * `<layer>/mutual_information`: histogram of the per-filter MI (Eq. 1)
       of the post-ReLU, pre-mask maps of the probe batch;
-    * `<layer>/peak_position`: histogram of the maps' peak cells (row-major
-      index `i * W + j`; one bar per cell means the filters fire
-      everywhere, a few bars mean they settled on parts);
+    * `<layer>/peak_position`: histogram of the maps' part locations `mu`
+      (row-major index `i * W + j`, `part_positions`), found with the
+      layer's own `center` rule (the argmax peak or the centroid): the
+      cells its mask is centred on. One bar per cell means the filters
+      fire everywhere, a few bars mean they settled on parts. (The
+      evaluation reads the argmax peak whatever the centre:
+      `evaluation.peaks`.)
     * `<layer>/filters`: images of the masked maps of the `num_filters`
       most active filters, as heatmaps over the first `num_images` probe
       images.
@@ -333,9 +338,8 @@ class InterpretabilityLogger(keras.callbacks.Callback):
                     )
                 )
                 tf.summary.histogram(f"{name}/mutual_information", mi)
-                flat = raw.reshape(raw.shape[0], -1, raw.shape[-1])
                 tf.summary.histogram(
-                    f"{name}/peak_position", np.argmax(flat, axis=1).ravel()
+                    f"{name}/peak_position", part_positions(raw, layer.center)
                 )
                 tf.summary.image(
                     f"{name}/filters",
@@ -364,6 +368,31 @@ class InterpretabilityLogger(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def part_positions(feature_maps, center):
+    """Row-major cell `i * W + j` of each map's part location `mu`, flat.
+
+    Args:
+        feature_maps: `(N, H, W, F)` post-ReLU, pre-mask maps of a layer.
+        center: the layer's `center` (`templates.CENTERS`): `mu` is
+            `templates.part_centers(feature_maps, center=center)`, the cell
+            the layer's mask is centred on.
+
+    Returns:
+        `(N * F,)` int array, image-major.
+
+    Example:
+
+    >>> maps = np.zeros((1, 2, 3, 1)); maps[0, 1, 2, 0] = 1.0
+    >>> part_positions(maps, "argmax").tolist()
+    [5]
+    """
+    width = feature_maps.shape[2]
+    mu = keras.ops.convert_to_numpy(
+        templates.part_centers(feature_maps, center=center)
+    )
+    return (mu[..., 0] * width + mu[..., 1]).ravel()
 
 
 def _eager(model, images):

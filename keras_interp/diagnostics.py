@@ -44,7 +44,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_interp.callbacks import interpretable_layers
+from keras_interp.layers import interpretable_layers
 
 
 class _Probe:

@@ -17,11 +17,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def tiny_model(loss_weight=1.0):
+def tiny_model(loss_weight=1.0, **layer_kwargs):
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
     x = keras_interp.InterpretableConv2D(
-        4, 3, padding="same", tau=0.2, loss_weight=loss_weight, name="interp"
+        4,
+        3,
+        padding="same",
+        tau=0.2,
+        loss_weight=loss_weight,
+        name="interp",
+        **layer_kwargs,
     )(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(2)(x))
@@ -208,6 +214,51 @@ def test_logger_records_under_any_tensorboard(tmp_path):
     events = read_events(logdir)
     for tag in ("mutual_information", "peak_position", "filters"):
         assert events[("interpretability", f"interp/{tag}")] == [0, 1, 2]
+
+
+def centre_cells(maps, center):
+    """Row-major `i * W + j` of each map's centre, image-major (numpy)."""
+    n, h, w, f = maps.shape
+    cells = []
+    for b in range(n):
+        for c in range(f):
+            x = maps[b, :, :, c].astype("float64")
+            if center == "argmax":
+                cells.append(int(np.argmax(x)))
+                continue
+            mass = max(x.sum(), 1e-9)
+            i = math.floor((x.sum(axis=1) * np.arange(h)).sum() / mass + 0.5)
+            j = math.floor((x.sum(axis=0) * np.arange(w)).sum() / mass + 0.5)
+            cells.append(min(i, h - 1) * w + min(j, w - 1))
+    return np.array(cells)
+
+
+@pytest.mark.parametrize("center", ["argmax", "centroid"])
+def test_logger_peak_position_follows_the_layers_center(
+    tmp_path, monkeypatch, center
+):
+    # The histogram shows the cells the layer centres its mask on: the
+    # centroid for a centroid layer, not the argmax.
+    x, _ = data(4)
+    model = tiny_model(center=center)
+    recorded = {}
+    histogram = tf.summary.histogram
+
+    def spy(name, values, *args, **kwargs):
+        recorded[name] = np.asarray(values)
+        return histogram(name, values, *args, **kwargs)
+
+    monkeypatch.setattr(tf.summary, "histogram", spy)
+    logger = callbacks.InterpretabilityLogger(str(tmp_path), model, x)
+    logger.set_model(model)
+    logger.on_epoch_end(0)
+    logger.on_train_end()
+    probe = keras_interp.evaluation.feature_map_model(model, "interp", "raw")
+    raw = np.maximum(np.asarray(probe(x)), 0.0)
+    positions = recorded["interp/peak_position"]
+    np.testing.assert_array_equal(positions, centre_cells(raw, center))
+    if center == "centroid":
+        assert (positions != centre_cells(raw, "argmax")).any()
 
 
 def test_logger_traces_no_function(tmp_path):
