@@ -363,6 +363,47 @@ def test_modules_are_short():
     )
 
 
+def _tuple_value(node):
+    """The value of a tuple or list of constants, else None."""
+    if isinstance(node, (ast.Tuple, ast.List)) and len(node.elts) > 1:
+        if all(isinstance(e, ast.Constant) for e in node.elts):
+            return tuple(e.value for e in node.elts)
+    return None
+
+
+def test_shared_choice_tuples_are_not_copied():
+    # A copy of `CENTERS`, `MAPS`, `LOSSES`, ... (e.g. a flag's `choices`)
+    # would drift from the definition.
+    definitions = {}
+    for module in MODULES:
+        for node in ast.walk(_parse(module)):
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if (
+                        isinstance(target, ast.Name)
+                        and target.id in SHARED_CONSTANTS
+                        and _tuple_value(node.value)
+                    ):
+                        definitions[_tuple_value(node.value)] = (
+                            target.id,
+                            (module, node.value.lineno, node.value.col_offset),
+                        )
+    assert definitions, "no choice tuple found"
+    copies = []
+    for module in sorted(MODULES):
+        for node in ast.walk(_parse(module)):
+            value = _tuple_value(node)
+            if value not in definitions:
+                continue
+            if definitions[value][1] != (module, node.lineno, node.col_offset):
+                path = os.path.relpath(MODULES[module], ROOT)
+                copies.append(
+                    f"{path}:{node.lineno}: {value} (use "
+                    f"{definitions[value][0]})"
+                )
+    assert not copies, "copies of shared tuples:\n" + "\n".join(copies)
+
+
 def _literal_defaults(name):
     """(line, argument, value) of literal defaults of `NAMED_DEFAULTS`.
 
