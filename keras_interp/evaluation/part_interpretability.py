@@ -261,9 +261,15 @@ def filter_categories(labels: Any, activation_sums: Any) -> np.ndarray:
     """Each filter's category, `c_f = argmax_c mean_{I in c} sum_ij x`.
 
     Paper §5.2.1 (multi-category): filter `f` is evaluated on the images of
-    the category whose images activate it the most on average. Ties, and
-    a filter equally (in)active on every category, go to the first
-    category in sorted order.
+    the category whose images activate it the most on average. The rule is
+    the layers' `class_statistics.assign_filters`, applied to the
+    per-category means shifted per filter to be positive: the argmax is
+    unchanged, and every filter gets a category. (`assign_filters`' -1,
+    "no positive statistic yet", is a training-time state; here a silent
+    filter, or a raw map whose means are negative on every category, is
+    still scored on its argmax category.) Ties, and a filter equally
+    (in)active on every category, go to the first category in sorted
+    order.
 
     Args:
         labels: `(N,)` category labels.
@@ -284,9 +290,9 @@ def filter_categories(labels: Any, activation_sums: Any) -> np.ndarray:
     np.add.at(class_sums, ids, sums)
     counts = np.bincount(ids, minlength=len(classes))
     mean = class_sums / np.maximum(counts, 1)[:, None]
-    assigned = keras.ops.convert_to_numpy(class_statistics.assign_filters(mean))
-    # A filter never active (-1 there) keeps argmax's first category here.
-    return classes[np.where(assigned < 0, np.argmax(mean, axis=0), assigned)]
+    positive = mean - mean.min(axis=0, keepdims=True) + 1.0
+    assigned = class_statistics.assign_filters(positive)
+    return classes[keras.ops.convert_to_numpy(assigned)]
 
 
 def part_interpretability(
