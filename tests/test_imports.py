@@ -102,7 +102,9 @@ def _module_files():
     """{module name: path} for every `.py` file of the package."""
     modules = {}
     for folder, dirs, files in os.walk(PACKAGE):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and d != "__pycache__"
+        )
         for file in sorted(files):
             if not file.endswith(".py"):
                 continue
