@@ -197,3 +197,21 @@ def test_unknown_schedule_names_the_choices():
         schedules.learning_rate(
             "step", initial=0.1, epochs=1, steps_per_epoch=1
         )
+
+
+@pytest.mark.parametrize("beta", ["learned", "per_filter"])
+def test_beta_of_the_config_reaches_both_interpretable_layers(beta):
+    tf = pytest.importorskip("tensorflow")
+    from keras_interp import layers
+    from keras_interp.apps import train
+
+    channels = 128  # tiny_vgg's top conv; "part_conv" has as many filters.
+    if beta == "per_filter":
+        beta = tuple(1.0 + k % 4 for k in range(channels))
+    config = TrainConfig(image_size=32, beta=beta)
+    built, _, _ = train._build(config, tf.distribute.get_strategy(), 3, 1)
+    found = layers.interpretable_layers(built.training)
+    assert len(found) == 2
+    expected = beta if beta == "learned" else list(beta)
+    for layer in found:
+        assert layer.get_config()["beta"] == expected, layer.name
