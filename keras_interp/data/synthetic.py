@@ -98,7 +98,7 @@ from keras_interp.data import photos
 from keras_interp.data import renderer
 from keras_interp.data._checks import check_count
 from keras_interp.data.cub_writer import JPEG_QUALITY  # noqa: F401
-from keras_interp.data.cub_writer import NEGATIVES_DIR  # noqa: F401
+from keras_interp.data.negatives import NEGATIVES_DIR  # noqa: F401
 from keras_interp.data.renderer import SUPERSAMPLING  # noqa: F401
 from keras_interp.data.shapes import CATEGORY_NAMES
 from keras_interp.data.shapes import CHIRALITY_RANGE  # noqa: F401
