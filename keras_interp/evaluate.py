@@ -15,11 +15,11 @@ above.
 
 import sys
 
-from keras_interp.apps.evaluate import RESULTS_FILENAME
 from keras_interp.apps.evaluate import USAGE_ERROR
 from keras_interp.apps.evaluate import evaluate
 from keras_interp.apps.evaluate import main
 from keras_interp.apps.evaluate import run
+from keras_interp.apps.run_folder import RESULTS_FILE as RESULTS_FILENAME
 from keras_interp.evaluation.report import DROP_DEAD_MAPS
 from keras_interp.evaluation.report import FIGURE_SELECTION
 from keras_interp.evaluation.report import PART_INTERPRETABILITY_MAP

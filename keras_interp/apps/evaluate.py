@@ -35,13 +35,10 @@ import keras
 from keras_interp import data as data_lib
 from keras_interp import evaluation
 from keras_interp import models
+from keras_interp.apps import run_folder
 from keras_interp.evaluation import feature_maps
 from keras_interp.evaluation import report
 
-# The run folder's `results.json`, written by the training driver
-# (`keras_interp.apps.train`) next to `model.keras`; its `"config"` gives
-# the defaults of the task, crop and embedded dataset.
-RESULTS_FILENAME = "results.json"
 # Exit status of the command line for bad inputs (as argparse uses).
 USAGE_ERROR = 2
 
@@ -244,8 +241,12 @@ def evaluate(
 
 
 def _run_config(model_path: str) -> dict:
-    """The training config in `results.json` next to the model, if any."""
-    path = os.path.join(os.path.dirname(model_path), RESULTS_FILENAME)
+    """The training config in `results.json` next to the model, if any.
+
+    The training driver writes it (`apps.run_folder.RESULTS_FILE`); its
+    `"config"` gives the defaults of the task, crop and embedded dataset.
+    """
+    path = os.path.join(os.path.dirname(model_path), run_folder.RESULTS_FILE)
     try:
         with open(path) as f:
             config = json.load(f).get("config")
@@ -301,15 +302,15 @@ def _parser() -> argparse.ArgumentParser:
         "--negatives",
         default=None,
         help="Background images for a single-category model; default "
-        f"<data_dir>/{data_lib.NEGATIVES_DIR} when {RESULTS_FILENAME} says "
-        "task=single.",
+        f"<data_dir>/{data_lib.NEGATIVES_DIR} when "
+        f"{run_folder.RESULTS_FILE} says task=single.",
     )
     parser.add_argument("--layer", default=models.PART_CONV)
     parser.add_argument(
         "--no_crop",
         action="store_true",
         help="Use whole images, not bounding-box crops (default: as in "
-        f"training per {RESULTS_FILENAME}, else crop).",
+        f"training per {run_folder.RESULTS_FILE}, else crop).",
     )
     parser.add_argument("--num_figure_filters", type=int, default=8)
     parser.add_argument("--top_k_images", type=int, default=8)
@@ -330,9 +331,9 @@ def _negatives(args, config: dict, data_dir: str) -> Any:
     if not os.path.isdir(folder):
         raise ValueError(
             "The model was trained for the single-category task "
-            f"({RESULTS_FILENAME}: task='single'), but {folder!r} does not "
-            "exist. "
-            "Pass --negatives DIR, a folder of background images."
+            f"({run_folder.RESULTS_FILE}: task='single'), but {folder!r} "
+            "does not exist. Pass --negatives DIR, a folder of background "
+            "images."
         )
     return folder
 
