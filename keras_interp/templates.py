@@ -154,11 +154,13 @@ def part_templates(height: int, width: int, *, beta=DEFAULT_BETA, tau=None):
     return ops.concatenate([positive, ops.cast(negative, "float32")], axis=-3)
 
 
-def part_centers(feature_maps, *, center: str = "argmax"):
+def part_centers(feature_maps, *, center: str = DEFAULT_CENTER):
     """Finds each feature map's inferred part location `mu`.
 
     * `"argmax"` (paper, Section 3): the strongest unit; ties go to the first
-      unit in row-major order.
+      unit in row-major order (an all-zero map gives `(0, 0)`). This is
+      also the peak the evaluation reads (`evaluation.peaks`), whatever
+      centre a model trained with.
     * `"centroid"` (authors' `getMu.m`): the activation-weighted centroid,
       rounded half up to the nearest cell,
       `mu_i = floor(sum_ij i x_ij / max(sum_ij x_ij, 1e-9) + 0.5)`; an all-zero
@@ -166,7 +168,8 @@ def part_centers(feature_maps, *, center: str = "argmax"):
 
     Args:
         feature_maps: tensor of shape `[batch, height, width, filters]`.
-        center: `"argmax"` or `"centroid"`.
+        center: `"argmax"` or `"centroid"`. Defaults to `DEFAULT_CENTER`,
+            the layers' default.
 
     Returns:
         An int32 tensor of shape `[batch, filters, 2]` holding `(row, col)`.
@@ -229,7 +232,7 @@ def unit_templates(distances, *, beta=DEFAULT_BETA, floor: float = -1.0):
     return ops.maximum(1.0 - _per_filter(beta) * distances, floor)
 
 
-def part_mask(feature_maps, *, beta=DEFAULT_BETA, center: str = "argmax"):
+def part_mask(feature_maps, *, beta=DEFAULT_BETA, center: str = DEFAULT_CENTER):
     """The multiplicative forward mask that keeps activations near the peak.
 
     ```
@@ -248,6 +251,7 @@ def part_mask(feature_maps, *, beta=DEFAULT_BETA, center: str = "argmax"):
         feature_maps: non-negative tensor `[batch, height, width, filters]`.
         beta: positive float or `[filters]` tensor. Defaults to 4.
         center: `"argmax"` (paper) or `"centroid"` (authors' code).
+            Defaults to `DEFAULT_CENTER`, the layers' default.
 
     Returns:
         float32 tensor with the shape of `feature_maps`, values in `[0, 1]`.

@@ -1,4 +1,4 @@
-"""Independent float64 reference checks of keras_interp's interpretable-filter math.
+"""Independent float64 reference checks of keras_interp's filter math.
 
 Every reference below is written with explicit Python loops directly from the
 equations of Zhang et al., "Interpretable Convolutional Neural Networks"
@@ -106,8 +106,9 @@ _TEMPLATE_CACHE = {}
 
 
 def ref_templates(H, W, beta=4.0, tau=None):
-    """(H*W + 1, H, W): positives t_ij = tau*max(1 - beta*(|i-mi|/H + |j-mj|/W), -1)
-    in row-major order of the centre, then the negative template (-tau)."""
+    """(H*W + 1, H, W): the positive templates
+    t_ij = tau*max(1 - beta*(|i-mi|/H + |j-mj|/W), -1) in row-major order of
+    the centre, then the negative template (-tau)."""
     if tau is None:
         tau = 0.5 / (H * W)
     key = (H, W, float(beta), float(tau))
@@ -170,7 +171,7 @@ def ref_log_px(logpxT, priors):
 
 
 def ref_mi_one_filter_direct(maps, T, alpha):
-    """Eq. 1 computed literally (exp / sum), float64: only for moderate inputs."""
+    """Eq. 1 computed literally (exp / sum), float64: moderate inputs only."""
     K = T.shape[0]
     B = len(maps)
     priors = ref_priors(K - 1, alpha)
@@ -197,7 +198,7 @@ def ref_mi_one_filter_direct(maps, T, alpha):
 
 
 def ref_mi_one_filter_log(maps, T, alpha):
-    """Eq. 1 computed in log space (same quantity, safe for huge activations)."""
+    """Eq. 1 computed in log space (same quantity, safe for huge inputs)."""
     K = T.shape[0]
     B = len(maps)
     priors = ref_priors(K - 1, alpha)
@@ -425,7 +426,8 @@ def test_part_templates_explicit_beta_tau():
 
 
 def test_part_templates_hand_values():
-    # 2x2, beta=4, tau=0.5/4=0.125.  Centre (0,0): cell (0,1) -> 1 - 4*(1/2) = -1.
+    # 2x2, beta=4, tau=0.5/4=0.125.
+    # Centre (0,0): cell (0,1) -> 1 - 4*(1/2) = -1.
     got = to_np(keras_interp.part_templates(2, 2))
     t = 0.125
     np.testing.assert_allclose(
@@ -437,7 +439,8 @@ def test_part_templates_hand_values():
     np.testing.assert_allclose(
         got[4], [[-t, -t], [-t, -t]], rtol=RTOL, atol=ATOL
     )
-    # 3x5, beta=1, tau=1: centre index k=7 -> (1, 2).  Cell (0, 0): 1 - (1/3 + 2/5).
+    # 3x5, beta=1, tau=1: centre index k=7 -> (1, 2).
+    # Cell (0, 0): 1 - (1/3 + 2/5).
     got = to_np(keras_interp.part_templates(3, 5, beta=1.0, tau=1.0))
     assert got[7, 1, 2] == pytest.approx(1.0, rel=RTOL)
     assert got[7, 0, 0] == pytest.approx(
@@ -639,8 +642,7 @@ def test_part_mask_matches_reference(H, W, B, C, seed):
     ref_a = ref_mask(fm, 4.0, "argmax")
     ref_c = ref_mask(fm, 4.0, "centroid")
     for center, ref in (("argmax", ref_a), ("centroid", ref_c)):
-        kwargs = {} if center == "argmax" else {"center": center}
-        got = to_np(keras_interp.part_mask(fm, **kwargs))
+        got = to_np(keras_interp.part_mask(fm, center=center))
         assert got.shape == fm.shape
         assert np.all(got >= 0.0) and np.all(got <= 1.0 + 1e-6)
         np.testing.assert_allclose(
@@ -716,7 +718,7 @@ def test_part_mask_centroid_round_half_up_and_zero_map():
     fm[1, 1, 2, 0] = 1.0
     fm[1, 2, 3, 0] = 1.0
     # all-zero map -> (0, 0)
-    # centroid (4*0.7 + 0, 5*0.7) = (2.8, 3.5) -> (3, 4)  (mass 0.7 at (4,5), 0.3 at (0,0))
+    # mass 0.75 at (4, 5) and 0.25 at (0, 0):
     fm[3, 4, 5, 0] = 0.75
     fm[3, 0, 0, 0] = 0.25  # -> (3.0, 3.75) -> (3, 4)
     expected_centres = [(0, 1), (2, 3), (0, 0), (3, 4)]
@@ -919,7 +921,8 @@ def test_authors_filter_gradient_weights_vectors_and_float_positives():
 
 
 def test_authors_filter_gradient_single_positive_is_one_over_k():
-    # With one positive image, gh+ = g+/(g+ * K) = 1/K, so G = -1e-5/K * m there.
+    # With one positive image, gh+ = g+/(g+ * K) = 1/K, so G = -1e-5/K * m
+    # there.
     H, W, B, C = 7, 7, 4, 2
     fm = make_maps(220, B, H, W, C, 2.0, "uniform")
     pos = make_positives(220, B, C, "one")
@@ -937,7 +940,7 @@ def test_authors_filter_gradient_single_positive_is_one_over_k():
     _assert_grad_close(got, ref_authors_gradient(fm, pos, epoch=epoch))
 
 
-def test_authors_filter_gradient_negative_images_uniform_and_reversed_mask_matters():
+def test_authors_gradient_negatives_uniform_and_reversed_mask_matters():
     # Negative images get the same value at every position; positive images get
     # a multiple of their own unclipped mask (including negative mask values).
     H, W, B, C = 7, 7, 5, 2
