@@ -13,8 +13,10 @@ D_{f,k}   = std_I d_I(k), over the top-`top_k` images by peak value
 D_f       = mean_k D_{f,k};  instability = mean_f D_f     (lower is better)
 ```
 
-Points use the pixel convention of `receptive_field`: pixel `k` covers
-`[k, k + 1)`. Landmarks are `[x, y]`, peak indices `(row, col)`.
+`mu` is the map's highest cell, the paper's definition, whatever `center`
+the layers trained with (`peaks.peaks_from_maps`). Points use the pixel
+convention of `receptive_field`: pixel `k` covers `[k, k + 1)`. Landmarks
+are `[x, y]`, peak indices `(row, col)`.
 
 Choices this module makes where the paper is silent (each documented at
 `location_instability`):
@@ -30,8 +32,6 @@ Choices this module makes where the paper is silent (each documented at
   "highest cell" is a tie broken by position, not a location. Such
   (image, filter) pairs are dropped from the top-k selection
   (`drop_dead_maps=True`, default; `False` is the paper-literal rule).
-* **Peaks.** The peak is the map's highest cell (`peaks.peaks_from_maps`),
-  the paper's definition, whatever `center` the layers trained with.
 
 Reference values to read a number against (a filter stuck at its best
 fixed cell; the landmarks shuffled across images) are in `references`

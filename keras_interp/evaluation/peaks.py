@@ -7,11 +7,11 @@ strongest activation") and the location the evaluation metrics read
 layers' `center="centroid"` (the authors' training-time centre) does not
 change where the evaluation reads a filter's location.
 
-`peaks_from_maps` is the one implementation, on top of the layers' own
-`templates.part_centers(center="argmax")`, so that training and evaluation
-agree on ties (the first cell in row-major order) and on blank maps (cell
-`(0, 0)`). `collect_peaks` streams it over a dataset; `dead_map_fractions`
-counts the blank maps (peak `<= 0`).
+`peaks_from_maps` is the one implementation: it reads the cell from the
+layers' own `templates.part_centers(center="argmax")`, so an argmax layer's
+mask and the evaluation pick the same cell, on ties (the first in
+row-major order) and on blank maps (`(0, 0)`) too. `collect_peaks` streams
+it over a dataset; `dead_map_fractions` counts the blank maps (peak `<= 0`).
 """
 
 from typing import Any
