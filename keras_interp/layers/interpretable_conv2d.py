@@ -52,6 +52,7 @@ class InterpretableConv2D(InterpretableMixin, keras.layers.Conv2D):
             `templates.DEFAULT_BETA`, 4, the paper's value), one value per
             filter, or `"learned"` (the authors' rule, a non-trainable
             per-filter beta moved toward `learned_beta_target`).
+            `current_beta()` gives the beta in use.
         center: `"centroid"` (default, `templates.DEFAULT_CENTER`; the
             authors' code) or `"argmax"` (the paper).
         tau: template scale for the loss; default `0.5 / (H * W)`.

@@ -91,7 +91,7 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
             value per channel, or `"learned"`: the authors' rule, a
             non-trainable per-filter beta started at their 2.0 (converted to
             paper units) and moved toward `learned_beta_target` while
-            training.
+            training. `current_beta()` gives the beta in use.
         center: where each map's part sits: `"centroid"` (default,
             `templates.DEFAULT_CENTER`; the authors' code), the
             activation-weighted centroid, or `"argmax"` (the paper), the
@@ -119,7 +119,8 @@ class InterpretableMask(InterpretableMixin, keras.layers.Layer):
             unmasked: the "loss without the mask" ablation.
         jit_compile: XLA-compile the template, mask and loss math on the
             TensorFlow backend (default True).
-        data_format: `"channels_last"` (default) or `"channels_first"`.
+        data_format: `"channels_last"` or `"channels_first"`; `None`
+            (default) takes `keras.config.image_data_format()`.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:

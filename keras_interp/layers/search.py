@@ -11,7 +11,9 @@ def interpretable_layers(model):
     Walks `layers` recursively (a layer that has `layers`, e.g. a nested
     `keras.Model` or `keras.Sequential`, is entered), depth first in layer
     order, and lists each interpretable layer once, even if it is shared
-    by several nested models.
+    by several nested models. Only public Keras API is used, so the
+    sublayers of a custom layer that is not a model (which Keras lists
+    only privately) are not searched.
 
     Args:
         model: a `keras.Model`, or any layer (an interpretable layer gives
