@@ -218,7 +218,7 @@ def test_fit_with_jit_compile_true():
     assert np.all(np.isfinite(history.history["loss"]))
 
 
-# --- Gradients -------------------------------------------------------------------
+# --- Gradients ---------------------------------------------------------------
 
 
 def numeric_gradient(fn, x, eps=1e-2):
