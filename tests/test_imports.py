@@ -10,9 +10,8 @@ hide a cycle or an upward dependency. The layers, lowest first:
 3. `models/`;
 4. `evaluation/`;
 5. `callbacks`, `diagnostics`, `trainers/` (the generic distributed loop);
-6. `apps/` (the application layer) and the compatibility shims that
-   re-export it under the old names (`keras_interp.evaluate`,
-   `keras_interp.train`).
+6. `apps/` (the application layer) and the compatibility shim that
+   re-exports it under its old name (`keras_interp.evaluate`).
 
 A module imports only from its own layer or below. `data/` is a leaf: it
 imports nothing of `keras_interp` outside `data/`, and only layers 4 to 6
@@ -63,10 +62,7 @@ MODULE_LAYERS = {
     "distribute": CORE,
     "callbacks": DRIVERS,
     "diagnostics": DRIVERS,
-    # Compatibility shim of trainers.distributed.
-    "training": DRIVERS,
-    # Compatibility shims of the application layer (`python -m` entries).
-    "train": APPS,
+    # Compatibility shim of apps.evaluate (`python -m keras_interp.evaluate`).
     "evaluate": APPS,
 }
 DATA = "data"
