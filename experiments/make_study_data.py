@@ -10,6 +10,10 @@ against background images):
   negatives (100 / 100); the learning-rate grid is trained on its train
   split and scored on its test split, so the reported test split is never
   used to pick anything.
+* `<out>/multi` (seed 2): 3 object categories, 600 images each (300 train,
+  300 test), no negatives: the multi-category task.
+* `<out>/multi_val` (seed 3): the same 3 categories, 200 images each
+  (100 / 100), for the learning-rate grid of the multi-category task.
 
     python experiments/make_study_data.py runs/study_data
 """
@@ -22,6 +26,8 @@ from keras_interp import data
 SETS = {
     "single": dict(seed=0, images_per_class=800, num_negatives=400),
     "single_val": dict(seed=1, images_per_class=400, num_negatives=200),
+    "multi": dict(seed=2, num_classes=3, images_per_class=600, num_negatives=0),
+    "multi_val": dict(seed=3, num_classes=3, images_per_class=200, num_negatives=0),
 }
 
 
@@ -31,7 +37,7 @@ def main(out):
         if os.path.isfile(os.path.join(root, "images.txt")):
             print(f"{root}: exists")
             continue
-        data.write_synthetic_scenes(root, num_classes=1, **kwargs)
+        data.write_synthetic_scenes(root, **{"num_classes": 1, **kwargs})
         print(f"{root}: written ({kwargs})")
 
 
