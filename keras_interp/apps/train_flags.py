@@ -128,18 +128,17 @@ class BetaParser(flags.ArgumentParser):
 
 
 def _flag_kind(hint):
-    """(kind, optional) of a field's type hint, e.g. (int, True)."""
+    """The flag kind of a field's type hint, e.g. int for `Optional[int]`."""
     args = typing.get_args(hint)
-    optional = type(None) in args
-    if typing.get_origin(hint) is typing.Union and optional:
+    if typing.get_origin(hint) is typing.Union and type(None) in args:
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1:
             hint = rest[0]
     if hint == config_lib.Beta:
-        return "beta", optional
+        return "beta"
     if typing.get_origin(hint) is tuple:
-        return "list", optional
-    return hint, optional
+        return "list"
+    return hint
 
 
 def _flag_choices(name):
@@ -165,7 +164,7 @@ def define_flags(flag_values=flags.FLAGS):
     hints = typing.get_type_hints(TrainConfig)
     for field in fields:
         name, default, text = field.name, field.default, _HELP[field.name]
-        kind, _ = _flag_kind(hints[name])
+        kind = _flag_kind(hints[name])
         common = dict(flag_values=flag_values)
         if name in config_lib.CHOICES:
             flags.DEFINE_enum(
