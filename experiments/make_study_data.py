@@ -27,7 +27,9 @@ SETS = {
     "single": dict(seed=0, images_per_class=800, num_negatives=400),
     "single_val": dict(seed=1, images_per_class=400, num_negatives=200),
     "multi": dict(seed=2, num_classes=3, images_per_class=600, num_negatives=0),
-    "multi_val": dict(seed=3, num_classes=3, images_per_class=200, num_negatives=0),
+    "multi_val": dict(
+        seed=3, num_classes=3, images_per_class=200, num_negatives=0
+    ),
 }
 
 
