@@ -33,7 +33,11 @@ flags.adopt_module_key_flags(train_flags)  # --help lists them.
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    train.train_and_evaluate(train_flags.config_from_flags())
+    try:
+        config = train_flags.config_from_flags()
+    except ValueError as error:  # A bad setting: usage, not a traceback.
+        raise app.UsageError(str(error)) from None
+    train.train_and_evaluate(config)
 
 
 if __name__ == "__main__":

@@ -159,6 +159,27 @@ def test_missing_data_dir_names_the_path(tmp_path):
         )
 
 
+def test_script_reports_a_bad_setting_as_a_usage_error(parts_dir, tmp_path):
+    command = train_runs.script_command(
+        parts_dir,
+        tmp_path / "run",
+        "--learning_rate=-1",
+        epochs=1,
+        steps_per_epoch=1,
+    )
+    done = subprocess.run(
+        command,
+        env=train_runs.script_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]  # absl's usage exit
+    assert "`learning_rate` must be positive" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()  # Nothing written.
+
+
 def _run_script(parts_dir, model_dir, **popen):
     command = train_runs.script_command(
         parts_dir, model_dir, epochs=3, steps_per_epoch=6
