@@ -883,3 +883,12 @@ def test_load_tfds_cub_with_mock_data(tmp_path, caplog):
 def test_load_tfds_cub_missing_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="caltech_birds2011"):
         data.load_tfds_cub(tmp_path / "absent", "train")
+
+
+def test_module_docstring_shows_the_layout_the_errors_print():
+    from keras_interp.data import cub
+    from keras_interp.data import cub_tables
+
+    for line in cub_tables.LAYOUT.splitlines():
+        assert line in cub.__doc__, line
+    assert cub.PART_MASKS_DIR in cub_tables.LAYOUT

@@ -26,9 +26,10 @@ LAYOUT = f"""\
   classes.txt              <class_id> <class name>
   train_test_split.txt     <image_id> <1 = train, 0 = test>
   bounding_boxes.txt       <image_id> <x> <y> <width> <height>
-  parts/parts.txt          <part_id> <part name>         (optional)
+  parts/parts.txt          <part_id> <part name>              (optional)
   parts/part_locs.txt      <image_id> <part_id> <x> <y> <visible> (optional)
-  images/<class folder>/<file>.jpg"""
+  images/<class folder>/<file>.jpg
+  part_segmentations/<class folder>/<file>.png                (optional)"""
 
 
 def _read_rows(path: str, num_fields: int, last_is_text: bool = False):
