@@ -1303,6 +1303,13 @@ def test_filter_categories_is_the_mean_activation_argmax():
     assert assigned.tolist() == [3, 7, 3, 7]
     # Labels need not be 0..C-1 (they are the category ids of the data).
     assert evaluation.filter_categories(["b", "a"], [[1.0], [2.0]]) == ["a"]
+    # Means too close for a shift-to-positive to keep apart (1e-20 apart
+    # near 0; 1 apart at 3e8, below float32's resolution, as JAX computes)
+    # still pick the larger one, on every backend.
+    tiny = evaluation.filter_categories(
+        [0, 1], [[1e-20, 3e8], [2e-20, 3e8 + 1]]
+    )
+    assert tiny.tolist() == [1, 1]
 
 
 def test_part_interpretability_too_few_cells_is_nan_with_reason():

@@ -262,9 +262,13 @@ def filter_categories(labels: Any, activation_sums: Any) -> np.ndarray:
 
     Paper §5.2.1 (multi-category): filter `f` is evaluated on the images of
     the category whose images activate it the most on average. The rule is
-    the layers' `class_statistics.assign_filters`, applied to the
-    per-category means shifted per filter to be positive: the argmax is
-    unchanged, and every filter gets a category. (`assign_filters`' -1,
+    the layers' `class_statistics.assign_filters`, applied to each
+    filter's ranks of the per-category means (1 for the lowest; equal means
+    share a rank): the argmax is unchanged, and every filter gets a
+    category. Ranks are small integers, exact in float32, so two means that
+    differ by less than float32's resolution are still told apart (an
+    additive shift would lose them on backends that compute in float32,
+    e.g. JAX). (`assign_filters`' -1,
     "no positive statistic yet", is a training-time state; here a silent
     filter, or a raw map whose means are negative on every category, is
     still scored on its argmax category.) Ties, and a filter equally
@@ -290,8 +294,9 @@ def filter_categories(labels: Any, activation_sums: Any) -> np.ndarray:
     np.add.at(class_sums, ids, sums)
     counts = np.bincount(ids, minlength=len(classes))
     mean = class_sums / np.maximum(counts, 1)[:, None]
-    positive = mean - mean.min(axis=0, keepdims=True) + 1.0
-    assigned = class_statistics.assign_filters(positive)
+    # ranks[c, f] = 1 + the number of categories with a lower mean.
+    ranks = 1 + (mean[None, :, :] < mean[:, None, :]).sum(axis=1)
+    assigned = class_statistics.assign_filters(ranks.astype("float32"))
     return classes[keras.ops.convert_to_numpy(assigned)]
 
 
