@@ -10,6 +10,13 @@
 #
 # Results go to runs/study (setting a, single) or runs/study_<SETTING>_<TASK>.
 #
+# The multi-category tiny_vgg study uses 40 epochs for both arms (at 15 the
+# ordinary CNN did not fit its training set) and a grid per arm:
+#   export SETTING=b TASK=multi EPOCHS=40 OUT=runs/study_b_multi40
+#   GRID_ARMS=ordinary GRID_LRS="0.003 0.01 0.03" bash experiments/run_study.sh grid
+#   GRID_ARMS=interpretable GRID_LRS="0.01 0.03 0.1 0.3" bash experiments/run_study.sh grid
+#   bash experiments/run_study.sh main
+#
 # Runs examples/train_cub.py once per (arm, learning rate, seed), ONE AT A
 # TIME. Idempotent: a run whose results.json exists is skipped.
 #
