@@ -30,7 +30,7 @@
 #
 # Environment: SETTING, TASK (above), CODE_DIR (a snapshot of the code, see above), WEIGHTS (the converted VGG-16 file; see
 # docs/pretrained_weights.md), PYTHON (default .venv/bin/python), EPOCHS
-# (default 5), SEEDS (default "0 1 2").
+# (default 5), SEEDS (default "0 1 2"), MAIN_ARMS (default "ordinary interpretable").
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -110,7 +110,7 @@ if [[ $step == all || $step == grid ]]; then
 fi
 if [[ $step == all || $step == main ]]; then
   for seed in $SEEDS; do
-    for arm in ordinary interpretable; do
+    for arm in ${MAIN_ARMS:-ordinary interpretable}; do
       run "${arm}_s$seed" "$DATA/$TASK" "$seed" "$(best_lr "$arm")" "$arm"
     done
   done
